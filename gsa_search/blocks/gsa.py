@@ -1,0 +1,306 @@
+"""The global self-attention (GSA) module of Shen et al., "Global Self-Attention Networks for Image
+Recognition" (arXiv 2010.03019), with every ablation knob exposed.
+
+Status: stable; the maths is checked against plain-loop references in ``tests/test_gsa_maths.py``.
+
+Input ``x: (B, C_in, H, W)``; ``N`` heads with ``d_k`` key/query and ``d_v`` value channels each.
+Q, K, V come from one bias-free 1x1 convolution. The output is the sum of two parallel paths:
+
+* **content attention** (linear in H*W, no 1/sqrt(d) scale): per head, every key channel is
+  softmax-normalised over the H*W positions, ``G = softmax_HW(K) @ V^T`` (``d_k x d_v``) and
+  ``F_c = G^T @ Q``. ``query_norm=True`` also softmaxes Q over its ``d_k`` channels (the original
+  "efficient attention"; GSA drops it).
+* **positional attention** with learned relative embeddings and no softmax:
+  - ``axial`` (paper default): a column step
+    ``c[i,j] = sum_{|a-i|<=r} (q[i,j] . R_col[a-i]) v[a,j]``, batch norm on ``c`` (``axial_norm``),
+    then a row step ``p[i,j] = sum_{|b-j|<=r} (q[i,j] . R_row[b-j]) c[i,b]``.
+  - ``2d``: ``p[i,j] = sum_{|a-i|<=r, |b-j|<=r} (q[i,j] . R[a-i, b-j]) v[a,b]``; its cost grows
+    with ``r^2``, so it is meant to be local. A global 2D window is allowed but is quadratic in H*W
+    (a warning says so).
+
+``rel_span='global'`` means ``r = feature_size - 1``: every output pixel then depends on every input
+pixel. The largest map the block will see (``feature_size``) must be known at build time; the
+backbone builder fills it in per stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Union
+
+import torch
+from torch import nn
+
+from ..config import check_bool, check_choice, check_positive_int
+from .base import BlockConfig, SpatialMixer, downsample_pool, head_dims, register_block
+
+__all__ = [
+    "GSAConfig",
+    "GSABlock",
+    "ContentAttention",
+    "AxialPositionalAttention",
+    "Positional2DAttention",
+    "relative_to_absolute",
+]
+
+POSITIONAL_MODES = ("axial", "2d", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class GSAConfig(BlockConfig):
+    """Configuration of a GSA module.
+
+    Attributes:
+        heads: number of attention heads ``N``.
+        dim_key: key/query channels per head; ``None`` = ``dim_value`` (the paper's setup).
+        dim_value: value channels per head; ``None`` = ``out_channels // heads``.
+        content: include the content-attention path.
+        positional: ``'axial'`` (paper), ``'2d'`` or ``'none'`` (content-only).
+        rel_span: largest relative offset ``r`` of the positional embeddings, or ``'global'``
+            (``r = feature_size - 1``).
+        feature_size: largest H or W the block will see; required for a global span.
+        query_norm: softmax the queries over channels in the content path.
+        axial_norm: batch norm between the axial column and row steps.
+        shared_embeddings: one set of relative embeddings shared by all heads (paper: per head).
+        output_proj: a final 1x1 projection (the paper has none).
+    """
+
+    heads: int = 8
+    dim_key: Union[int, None] = None
+    dim_value: Union[int, None] = None
+    content: bool = True
+    positional: str = "axial"
+    rel_span: Union[int, str] = "global"
+    feature_size: Union[int, None] = None
+    query_norm: bool = False
+    axial_norm: bool = True
+    shared_embeddings: bool = False
+    output_proj: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive_int("gsa", "heads", self.heads)
+        check_positive_int("gsa", "dim_key", self.dim_key, allow_none=True)
+        check_positive_int("gsa", "dim_value", self.dim_value, allow_none=True)
+        for field in ("content", "query_norm", "axial_norm", "shared_embeddings", "output_proj"):
+            check_bool("gsa", field, getattr(self, field))
+        check_choice("gsa", "positional", self.positional, POSITIONAL_MODES)
+        if not self.content and self.positional == "none":
+            raise ValueError("gsa: content=False with positional='none' leaves nothing; enable at least one path")
+        check_positive_int("gsa", "feature_size", self.feature_size, allow_none=True)
+        if self.rel_span != "global":
+            if isinstance(self.rel_span, bool) or not isinstance(self.rel_span, int) or self.rel_span < 1:
+                raise ValueError(f"gsa.rel_span must be 'global' or a positive integer, got {self.rel_span!r}")
+            if self.feature_size is not None and self.rel_span > self.feature_size - 1:
+                raise ValueError(
+                    f"gsa.rel_span={self.rel_span} is larger than allowed for feature_size={self.feature_size}: "
+                    f"the largest offset on that map is {self.feature_size - 1}; use at most that or 'global'"
+                )
+        if self.positional == "2d" and self.rel_span == "global" and self.feature_size is not None:
+            warnings.warn(
+                f"gsa: positional='2d' with a global span costs O((H*W)^2) per head "
+                f"({self.feature_size}x{self.feature_size} map); use a local rel_span to keep it affordable",
+                stacklevel=3,
+            )
+
+    def with_feature_size(self, size: int) -> "GSAConfig":
+        """This config for maps up to ``size``; an explicit span beyond the map is clamped to it."""
+        span = self.rel_span
+        if span != "global" and span > size - 1:
+            span = "global"
+        return self.replace(feature_size=size, rel_span=span)
+
+    @property
+    def global_span(self) -> bool:
+        return self.rel_span == "global"
+
+    def span(self) -> int:
+        """The resolved maximum relative offset ``r``."""
+        if self.rel_span != "global":
+            return int(self.rel_span)
+        if self.feature_size is None:
+            raise ValueError(
+                "gsa: rel_span='global' needs feature_size (the largest H or W the block will see); "
+                "set feature_size or give an explicit rel_span"
+            )
+        return self.feature_size - 1
+
+
+def relative_to_absolute(rel: torch.Tensor, length: int, span: int) -> torch.Tensor:
+    """Expand relative embeddings to absolute pairs.
+
+    ``rel``: ``(E, 2*span+1, d)`` for offsets ``-span..span``. Returns ``(E, length, length, d)`` with
+    ``out[:, i, a] = rel[:, a - i + span]`` where ``|a - i| <= span`` and zero elsewhere.
+    """
+    pos = torch.arange(length, device=rel.device)
+    offset = pos[None, :] - pos[:, None]  # (i, a) -> a - i
+    inside = offset.abs() <= span
+    index = offset.clamp(-span, span) + span
+    out = rel[:, index]  # (E, L, L, d)
+    if not bool(inside.all()):
+        out = out * inside[None, :, :, None].to(out.dtype)
+    return out
+
+
+class ContentAttention(nn.Module):
+    """``F_c = (softmax_HW(K) @ V^T)^T @ Q`` per head, without scaling."""
+
+    def __init__(self, *, query_norm: bool = False) -> None:
+        super().__init__()
+        self.query_norm = query_norm
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q, k: (B, N, d_k, L); v: (B, N, d_v, L) with L = H*W
+        k = k.softmax(dim=-1)
+        if self.query_norm:
+            q = q.softmax(dim=-2)
+        context = k @ v.transpose(-1, -2)  # (B, N, d_k, d_v)
+        return context.transpose(-1, -2) @ q  # (B, N, d_v, L)
+
+
+def _embedding(heads: int, length: int, dim: int) -> nn.Parameter:
+    return nn.Parameter(torch.randn(heads, length, dim) * dim**-0.5)
+
+
+class AxialPositionalAttention(nn.Module):
+    """Axial relative positional attention: column step, optional BN, row step (no softmax)."""
+
+    def __init__(
+        self, *, heads: int, dim_key: int, dim_value: int, span: int, shared: bool = False, norm: bool = True
+    ) -> None:
+        super().__init__()
+        self.heads, self.span = heads, span
+        tables = 1 if shared else heads
+        self.rel_col = _embedding(tables, 2 * span + 1, dim_key)  # offsets -span..span along H
+        self.rel_row = _embedding(tables, 2 * span + 1, dim_key)  # offsets -span..span along W
+        self.norm = nn.BatchNorm2d(heads * dim_value) if norm else nn.Identity()
+
+    def _absolute(self, rel: torch.Tensor, length: int) -> torch.Tensor:
+        span = min(self.span, length - 1)
+        centre = rel[:, self.span - span : self.span + span + 1]
+        return relative_to_absolute(centre, length, span).expand(self.heads, -1, -1, -1)
+
+    def forward(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q: (B, N, d_k, H, W); v: (B, N, d_v, H, W)
+        b, n, _, h, w = q.shape
+        d_v = v.shape[2]
+        col = self._absolute(self.rel_col, h)  # (N, H, H, d_k): [i, a]
+        row = self._absolute(self.rel_row, w)  # (N, W, W, d_k): [j, j']
+        logits = torch.einsum("bnkij,niak->bnjia", q, col)  # (B, N, W, H_i, H_a)
+        c = torch.einsum("bnjia,bnvaj->bnvij", logits, v)  # (B, N, d_v, H, W)
+        c = self.norm(c.reshape(b, n * d_v, h, w)).view(b, n, d_v, h, w)
+        logits = torch.einsum("bnkij,njck->bnijc", q, row)  # (B, N, H, W_j, W_j')
+        return torch.einsum("bnijc,bnvic->bnvij", logits, c)  # (B, N, d_v, H, W)
+
+
+class Positional2DAttention(nn.Module):
+    """2D relative positional attention over a ``(2r+1) x (2r+1)`` window (no softmax).
+
+    Two exact paths: a sliding-window path (``unfold``) when the window is smaller than the map, and
+    a dense path (gathered ``(H*W) x (H*W)`` logits) when the window covers about the whole map.
+    """
+
+    def __init__(self, *, heads: int, dim_key: int, span: int, shared: bool = False) -> None:
+        super().__init__()
+        self.heads, self.span = heads, span
+        tables = 1 if shared else heads
+        self.rel = nn.Parameter(torch.randn(tables, 2 * span + 1, 2 * span + 1, dim_key) * dim_key**-0.5)
+
+    def _window(self, h: int, w: int) -> tuple[int, int, torch.Tensor]:
+        ry, rx = min(self.span, h - 1), min(self.span, w - 1)
+        s = self.span
+        rel = self.rel[:, s - ry : s + ry + 1, s - rx : s + rx + 1]  # (E, 2ry+1, 2rx+1, d_k)
+        rel = rel.reshape(rel.shape[0], -1, rel.shape[-1]).expand(self.heads, -1, -1)  # (N, K, d_k)
+        return ry, rx, rel
+
+    def forward(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q: (B, N, d_k, H, W); v: (B, N, d_v, H, W)
+        b, n, _, h, w = q.shape
+        d_v = v.shape[2]
+        ry, rx, rel = self._window(h, w)
+        window = (2 * ry + 1) * (2 * rx + 1)
+        logits = torch.einsum("bnkp,nok->bnop", q.flatten(-2), rel)  # (B, N, K, H*W)
+        if window < h * w:
+            cols = nn.functional.unfold(v.reshape(b, n * d_v, h, w), (2 * ry + 1, 2 * rx + 1), padding=(ry, rx))
+            cols = cols.view(b, n, d_v, window, h * w)  # value at each window offset, per pixel
+            out = torch.einsum("bnop,bnvop->bnvp", logits, cols)
+        else:
+            out = self._dense(logits, v.flatten(-2), h, w, ry, rx)
+        return out.view(b, n, d_v, h, w)
+
+    @staticmethod
+    def _dense(logits: torch.Tensor, v: torch.Tensor, h: int, w: int, ry: int, rx: int) -> torch.Tensor:
+        # logits: (B, N, K, P) over window offsets; v: (B, N, d_v, P); P = H*W
+        device = logits.device
+        i = torch.arange(h, device=device).repeat_interleave(w)
+        j = torch.arange(w, device=device).repeat(h)
+        dy = i[None, :] - i[:, None]  # (p, p') -> a - i
+        dx = j[None, :] - j[:, None]
+        inside = (dy.abs() <= ry) & (dx.abs() <= rx)
+        index = (dy.clamp(-ry, ry) + ry) * (2 * rx + 1) + (dx.clamp(-rx, rx) + rx)  # (P, P')
+        pixel = torch.arange(h * w, device=device)
+        attn = logits[:, :, index, pixel[:, None]]  # (B, N, P, P'): logits[b, n, index[p, p'], p]
+        if not bool(inside.all()):
+            attn = attn * inside.to(attn.dtype)
+        return v @ attn.transpose(-1, -2)  # (B, N, d_v, P)
+
+
+@register_block("gsa", config=GSAConfig)
+class GSABlock(SpatialMixer):
+    """GSA module: ``content(Q, K, V) + positional(Q, V)`` -> optional 1x1 projection -> 2x2 pool."""
+
+    def __init__(self, cfg: GSAConfig, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__(cfg, in_channels, out_channels, stride)
+        dim_key, dim_value = head_dims(
+            "gsa",
+            heads=cfg.heads,
+            dim_key=cfg.dim_key,
+            dim_value=cfg.dim_value,
+            out_channels=out_channels,
+            output_proj=cfg.output_proj,
+        )
+        self.heads, self.dim_key, self.dim_value = cfg.heads, dim_key, dim_value
+        key_channels = cfg.heads * dim_key if cfg.content else 0
+        self.split = (cfg.heads * dim_key, key_channels, cfg.heads * dim_value)
+        self.qkv = nn.Conv2d(in_channels, sum(self.split), 1, bias=False)
+        self.content = ContentAttention(query_norm=cfg.query_norm) if cfg.content else None
+        self.positional: nn.Module | None = None
+        if cfg.positional != "none":
+            span = cfg.span()
+            if cfg.positional == "axial":
+                self.positional = AxialPositionalAttention(
+                    heads=cfg.heads,
+                    dim_key=dim_key,
+                    dim_value=dim_value,
+                    span=span,
+                    shared=cfg.shared_embeddings,
+                    norm=cfg.axial_norm,
+                )
+            else:
+                self.positional = Positional2DAttention(
+                    heads=cfg.heads, dim_key=dim_key, span=span, shared=cfg.shared_embeddings
+                )
+        self.proj = (
+            nn.Conv2d(cfg.heads * dim_value, out_channels, 1, bias=False) if cfg.output_proj else nn.Identity()
+        )
+        self.pool = downsample_pool(stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        cfg: GSAConfig = self.cfg  # type: ignore[assignment]
+        if self.positional is not None and cfg.global_span and max(h, w) > cfg.feature_size:  # type: ignore[operator]
+            raise ValueError(
+                f"gsa: input feature map {h}x{w} is larger than the {cfg.feature_size}x{cfg.feature_size} "
+                f"its global span was built for; rebuild the block with feature_size >= {max(h, w)}"
+            )
+        n, d_k, d_v = self.heads, self.dim_key, self.dim_value
+        q, k, v = torch.split(self.qkv(x), self.split, dim=1)
+        q = q.reshape(b, n, d_k, h, w)
+        v = v.reshape(b, n, d_v, h, w)
+        out = None
+        if self.content is not None:
+            out = self.content(q.flatten(-2), k.reshape(b, n, d_k, h * w), v.flatten(-2)).view(b, n, d_v, h, w)
+        if self.positional is not None:
+            p = self.positional(q, v)
+            out = p if out is None else out + p
+        return self.pool(self.proj(out.reshape(b, n * d_v, h, w)))
