@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..blocks.base import BlockConfig, _as_config, block_config_from_dict, create_block
-from ..config import ConfigMixin, check_choice, check_positive, check_positive_int
+from ..config import ConfigMixin, check_bool, check_choice, check_positive, check_positive_int
 
 __all__ = ["ModelConfig", "GSAResNet", "Bottleneck", "build_model", "stage_feature_sizes"]
 
@@ -50,6 +50,7 @@ class ModelConfig(ConfigMixin):
     num_classes: int = 1000
     image_size: int = 224
     in_channels: int = 3
+    zero_init_residual: bool = True
 
     def __post_init__(self) -> None:
         blocks = self.stage_blocks
@@ -70,6 +71,7 @@ class ModelConfig(ConfigMixin):
         for field in ("base_width", "expansion", "image_size", "in_channels"):
             check_positive_int("model", field, getattr(self, field))
         check_positive("model", "width_multiplier", self.width_multiplier)
+        check_bool("model", "zero_init_residual", self.zero_init_residual)
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
             raise ValueError(f"model.num_classes must be an integer >= 2, got {self.num_classes!r}")
         if self.width < 1:
@@ -115,13 +117,23 @@ def stage_feature_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
 class Bottleneck(nn.Module):
     """``1x1 reduce -> mixer -> 1x1 expand`` with BN/ReLU and a residual shortcut."""
 
-    def __init__(self, in_channels: int, width: int, out_channels: int, stride: int, mixer: BlockConfig) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        out_channels: int,
+        stride: int,
+        mixer: BlockConfig,
+        *,
+        zero_init_residual: bool = True,
+    ) -> None:
         super().__init__()
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         self.mixer = create_block(mixer, width, width, stride=stride)
         self.mixer_norm = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         self.expand = nn.Sequential(nn.Conv2d(width, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
-        nn.init.zeros_(self.expand[1].weight)  # each residual branch starts as identity
+        if zero_init_residual:  # each residual branch starts as the identity (Goyal et al., 2017)
+            nn.init.zeros_(self.expand[1].weight)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
@@ -165,7 +177,12 @@ class GSAResNet(nn.Module):
             for j in range(blocks):
                 stride = 2 if (i > 0 and j == 0) else 1
                 block_size = size_in if j == 0 else size_out
-                layers.append(Bottleneck(in_channels, width, out_channels, stride, mixer.with_feature_size(block_size)))
+                mixer_cfg = mixer.with_feature_size(block_size)
+                layers.append(
+                    Bottleneck(
+                        in_channels, width, out_channels, stride, mixer_cfg, zero_init_residual=cfg.zero_init_residual
+                    )
+                )
                 in_channels = out_channels
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)

@@ -1,0 +1,152 @@
+"""Contract tests parametrised over the block registry: every registered block gets them the moment
+it is registered (shape, finiteness, gradients, eval determinism, config round trips, errors)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gsa_search.blocks import (
+    BlockConfig,
+    GSAConfig,
+    block_config,
+    block_config_from_dict,
+    create_block,
+    list_blocks,
+    register_block,
+)
+from gsa_search.blocks.conv import ConvBlock, ConvConfig
+
+SIZE = 8
+
+
+def _config(name: str) -> BlockConfig:
+    fields = {"heads": 2} if "heads" in {f for f in block_config(name).to_dict()} else {}
+    return block_config(name, **fields).with_feature_size(SIZE)
+
+
+def test_registry_lists_the_paper_blocks():
+    assert {"gsa", "explicit", "conv", "mhsa"} <= set(list_blocks())
+
+
+@pytest.mark.parametrize("name", list_blocks())
+@pytest.mark.parametrize("stride", [1, 2])
+def test_forward_shape_finite_and_gradients(name, stride):
+    torch.manual_seed(0)
+    block = create_block(_config(name), 6, 8, stride=stride)
+    x = torch.randn(2, 6, SIZE, SIZE, requires_grad=True)
+    out = block(x)
+    assert out.shape == (2, 8, SIZE // stride, SIZE // stride)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for pname, param in block.named_parameters():
+        assert param.grad is not None, f"{name}: {pname} got no gradient"
+        assert param.grad.abs().sum() > 0, f"{name}: {pname} got a zero gradient"
+
+
+@pytest.mark.parametrize("name", list_blocks())
+def test_odd_sizes_downsample_like_a_strided_conv(name):
+    block = create_block(_config(name).with_feature_size(7), 4, 4, stride=2)
+    assert block(torch.randn(1, 4, 7, 5)).shape == (1, 4, 4, 3)
+
+
+@pytest.mark.parametrize("name", list_blocks())
+def test_eval_mode_is_deterministic(name):
+    torch.manual_seed(0)
+    block = create_block(_config(name), 4, 4).eval()
+    x = torch.randn(2, 4, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(block(x), block(x))
+
+
+@pytest.mark.parametrize("name", list_blocks())
+def test_config_round_trips_through_a_dict(name):
+    cfg = _config(name)
+    data = cfg.to_dict()
+    assert data["type"] == name
+    assert block_config_from_dict(data) == cfg
+    assert create_block(data, 4, 4).cfg == cfg
+
+
+def test_every_gsa_ablation_knob_builds_and_runs():
+    variants = [
+        dict(positional="none"),
+        dict(content=False),
+        dict(positional="2d", rel_span=2),
+        dict(query_norm=True),
+        dict(axial_norm=False),
+        dict(shared_embeddings=True),
+        dict(output_proj=True, dim_value=3),
+        dict(dim_key=5),
+        dict(rel_span=1),
+    ]
+    x = torch.randn(2, 8, SIZE, SIZE)
+    for change in variants:
+        cfg = GSAConfig(heads=2, feature_size=SIZE).replace(**change)
+        assert create_block(cfg, 8, 8)(x).shape == x.shape, change
+
+
+def test_shared_embeddings_have_one_table():
+    per_head = create_block(GSAConfig(heads=4, feature_size=SIZE), 8, 8)
+    shared = create_block(GSAConfig(heads=4, feature_size=SIZE, shared_embeddings=True), 8, 8)
+    assert per_head.positional.rel_col.shape[0] == 4
+    assert shared.positional.rel_col.shape[0] == 1
+    assert per_head.positional.rel_col.shape[1] == 2 * (SIZE - 1) + 1
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: create_block(GSAConfig(heads=3, feature_size=8), 8, 8), "heads=3 must divide out_channels=8"),
+        (lambda: GSAConfig(heads=0), r"gsa\.heads must be a positive integer"),
+        (lambda: GSAConfig(dim_key=-1), r"gsa\.dim_key must be a positive integer"),
+        (lambda: GSAConfig(dim_value=0), r"gsa\.dim_value must be a positive integer"),
+        (lambda: GSAConfig(positional="3d"), r"gsa\.positional must be one of 'axial', '2d', 'none'"),
+        (lambda: GSAConfig(rel_span=9, feature_size=8), r"gsa\.rel_span=9 is larger than allowed.*at most"),
+        (lambda: GSAConfig(rel_span=0), r"gsa\.rel_span must be 'global' or a positive integer"),
+        (lambda: GSAConfig(content=False, positional="none"), "leaves nothing"),
+        (lambda: GSAConfig(query_norm="yes"), r"gsa\.query_norm must be True or False"),
+        (lambda: create_block(GSAConfig(), 8, 8), "rel_span='global' needs feature_size"),
+        (
+            lambda: create_block(GSAConfig(heads=2, dim_value=3), 8, 8),
+            r"heads\*dim_value = 2\*3 = 6 must equal out_channels=8 unless output_proj=True",
+        ),
+        (lambda: block_config("conv", kernel_size=2), r"conv\.kernel_size must be odd"),
+        (lambda: create_block(ConvConfig(groups=3), 8, 8), r"conv\.groups=3 must divide"),
+        (lambda: block_config("explicit", init_radius=0), r"explicit\.init_radius must be a positive number"),
+        (lambda: block_config("explicit", placement="after"), r"explicit\.placement must be one of"),
+        (lambda: block_config("mhsa", heads=-2), r"mhsa\.heads must be a positive integer"),
+        (lambda: block_config("nope"), r"unknown block 'nope'; known: conv, explicit, gsa, mhsa"),
+        (lambda: block_config("gsa", head=2), r"unknown field\(s\) head; allowed: .*heads"),
+        (lambda: block_config_from_dict({"heads": 2}), "needs a 'type' key"),
+        (lambda: create_block("conv", 8, 8, stride=3), r"create_block\.stride must be one of 1, 2"),
+        (lambda: create_block("conv", 0, 8), "in_channels must be a positive integer"),
+    ],
+)
+def test_invalid_configs_name_the_field_and_what_is_allowed(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_feature_map_larger_than_the_global_span_is_rejected():
+    block = create_block(GSAConfig(heads=2, feature_size=8), 4, 4)
+    block(torch.randn(1, 4, 8, 6))  # smaller maps are fine
+    with pytest.raises(ValueError, match=r"input feature map 9x8 is larger than the 8x8 its global span was built for"):
+        block(torch.randn(1, 4, 9, 8))
+
+
+def test_global_2d_span_warns_that_it_is_quadratic():
+    with pytest.warns(UserWarning, match=r"O\(\(H\*W\)\^2\)"):
+        GSAConfig(positional="2d", feature_size=8)
+
+
+def test_with_feature_size_clamps_an_explicit_span_to_the_map():
+    assert GSAConfig(rel_span=5).with_feature_size(4).rel_span == "global"
+    assert GSAConfig(rel_span=2).with_feature_size(4).rel_span == 2
+    assert GSAConfig().with_feature_size(4).span() == 3
+
+
+def test_duplicate_registration_is_an_error():
+    with pytest.raises(ValueError, match="block 'conv' is already registered"):
+        register_block("conv", config=ConvConfig)(ConvBlock)
