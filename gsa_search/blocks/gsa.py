@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..config import check_bool, check_choice, check_positive_int
+from ._relative import relative_axis_attention
 from .base import BlockConfig, SpatialMixer, downsample_pool, head_dims, register_block
 
 __all__ = [
@@ -186,18 +187,26 @@ class AxialPositionalAttention(nn.Module):
         d_v = v.shape[2]
         col = self._absolute(self.rel_col, h)  # (N, H, H, d_k): [i, a]
         row = self._absolute(self.rel_row, w)  # (N, W, W, d_k): [j, j']
-        logits = torch.einsum("bnkij,niak->bnjia", q, col)  # (B, N, W, H_i, H_a)
-        c = torch.einsum("bnjia,bnvaj->bnvij", logits, v)  # (B, N, d_v, H, W)
-        c = self.norm(c.reshape(b, n * d_v, h, w)).view(b, n, d_v, h, w)
-        logits = torch.einsum("bnkij,njck->bnijc", q, row)  # (B, N, H, W_j, W_j')
-        return torch.einsum("bnijc,bnvic->bnvij", logits, c)  # (B, N, d_v, H, W)
+        # column step: sequences along H, one per (batch, column)
+        q_col = q.permute(1, 0, 4, 3, 2).reshape(n, b * w, h, -1)  # (N, B*W, H, d_k)
+        v_col = v.permute(1, 0, 4, 3, 2).reshape(n, b * w, h, d_v)
+        c = relative_axis_attention(q_col, v_col, col)  # (N, B*W, H, d_v)
+        c = c.view(n, b, w, h, d_v).permute(1, 0, 4, 3, 2).reshape(b, n * d_v, h, w)
+        c = self.norm(c)
+        # row step: sequences along W, one per (batch, row)
+        q_row = q.permute(1, 0, 3, 4, 2).reshape(n, b * h, w, -1)  # (N, B*H, W, d_k)
+        c_row = c.view(b, n, d_v, h, w).permute(1, 0, 3, 4, 2).reshape(n, b * h, w, d_v)
+        p = relative_axis_attention(q_row, c_row, row)  # (N, B*H, W, d_v)
+        return p.view(n, b, h, w, d_v).permute(1, 0, 4, 2, 3)  # (B, N, d_v, H, W)
 
 
 class Positional2DAttention(nn.Module):
     """2D relative positional attention over a ``(2r+1) x (2r+1)`` window (no softmax).
 
-    Two exact paths: a sliding-window path (``unfold``) when the window is smaller than the map, and
-    a dense path (gathered ``(H*W) x (H*W)`` logits) when the window covers about the whole map.
+    Computed exactly as ``2r+1`` row problems: for each row offset ``dy`` the window's row
+    ``R[dy, :]`` is a 1-D relative attention along W over the values shifted by ``dy`` rows, which
+    reuses the axial kernel (:func:`relative_axis_attention`). Cost: ``(2r+1) * H * W * W`` per
+    head and channel, so a global window is quadratic in H*W.
     """
 
     def __init__(self, *, heads: int, dim_key: int, span: int, shared: bool = False) -> None:
@@ -206,43 +215,22 @@ class Positional2DAttention(nn.Module):
         tables = 1 if shared else heads
         self.rel = nn.Parameter(torch.randn(tables, 2 * span + 1, 2 * span + 1, dim_key) * dim_key**-0.5)
 
-    def _window(self, h: int, w: int) -> tuple[int, int, torch.Tensor]:
+    def forward(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q: (B, N, d_k, H, W); v: (B, N, d_v, H, W)
+        b, n, d_k, h, w = q.shape
+        d_v = v.shape[2]
         ry, rx = min(self.span, h - 1), min(self.span, w - 1)
         s = self.span
         rel = self.rel[:, s - ry : s + ry + 1, s - rx : s + rx + 1]  # (E, 2ry+1, 2rx+1, d_k)
-        rel = rel.reshape(rel.shape[0], -1, rel.shape[-1]).expand(self.heads, -1, -1)  # (N, K, d_k)
-        return ry, rx, rel
-
-    def forward(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q: (B, N, d_k, H, W); v: (B, N, d_v, H, W)
-        b, n, _, h, w = q.shape
-        d_v = v.shape[2]
-        ry, rx, rel = self._window(h, w)
-        window = (2 * ry + 1) * (2 * rx + 1)
-        logits = torch.einsum("bnkp,nok->bnop", q.flatten(-2), rel)  # (B, N, K, H*W)
-        if window < h * w:
-            cols = nn.functional.unfold(v.reshape(b, n * d_v, h, w), (2 * ry + 1, 2 * rx + 1), padding=(ry, rx))
-            cols = cols.view(b, n, d_v, window, h * w)  # value at each window offset, per pixel
-            out = torch.einsum("bnop,bnvop->bnvp", logits, cols)
-        else:
-            out = self._dense(logits, v.flatten(-2), h, w, ry, rx)
-        return out.view(b, n, d_v, h, w)
-
-    @staticmethod
-    def _dense(logits: torch.Tensor, v: torch.Tensor, h: int, w: int, ry: int, rx: int) -> torch.Tensor:
-        # logits: (B, N, K, P) over window offsets; v: (B, N, d_v, P); P = H*W
-        device = logits.device
-        i = torch.arange(h, device=device).repeat_interleave(w)
-        j = torch.arange(w, device=device).repeat(h)
-        dy = i[None, :] - i[:, None]  # (p, p') -> a - i
-        dx = j[None, :] - j[:, None]
-        inside = (dy.abs() <= ry) & (dx.abs() <= rx)
-        index = (dy.clamp(-ry, ry) + ry) * (2 * rx + 1) + (dx.clamp(-rx, rx) + rx)  # (P, P')
-        pixel = torch.arange(h * w, device=device)
-        attn = logits[:, :, index, pixel[:, None]]  # (B, N, P, P'): logits[b, n, index[p, p'], p]
-        if not bool(inside.all()):
-            attn = attn * inside.to(attn.dtype)
-        return v @ attn.transpose(-1, -2)  # (B, N, d_v, P)
+        q_row = q.permute(1, 0, 3, 4, 2).reshape(n, b * h, w, d_k)  # (N, B*H, W, d_k)
+        v_pad = nn.functional.pad(v.permute(1, 0, 3, 4, 2), (0, 0, 0, 0, ry, ry))  # (N, B, H+2ry, W, d_v)
+        out = None
+        for dy in range(2 * ry + 1):  # row offset dy - ry
+            emb = relative_to_absolute(rel[:, dy], w, rx).expand(n, -1, -1, -1)  # (N, W, W, d_k)
+            v_dy = v_pad[:, :, dy : dy + h].reshape(n, b * h, w, d_v)  # values dy - ry rows away
+            part = relative_axis_attention(q_row, v_dy, emb)  # (N, B*H, W, d_v)
+            out = part if out is None else out + part
+        return out.view(n, b, h, w, d_v).permute(1, 0, 4, 2, 3)  # (B, N, d_v, H, W)
 
 
 @register_block("gsa", config=GSAConfig)
