@@ -65,7 +65,8 @@ class GaussianAttention(nn.Module):
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         # v: (B, C, H, W)
         h, w = v.shape[-2:]
-        sigma = self.sigma.float()
+        # the kernel is built in at least float32 (also under bf16 autocast), then cast to v's dtype
+        sigma = self.sigma.to(torch.promote_types(v.dtype, torch.float32))
         k_h = gaussian_kernel(h, sigma).to(v.dtype)  # (H, H)
         k_w = gaussian_kernel(w, sigma).to(v.dtype)  # (W, W)
         return k_h @ v @ k_w.transpose(0, 1)
