@@ -1,0 +1,379 @@
+"""Proxy training: one readable function, ``train(model_cfg, recipe, data, report=...)``.
+
+Status: stable. The whole run fits on one screen, in the spirit of nanoGPT/airbench: small datasets
+live on the training device as one tensor and are augmented there in batches; the model is
+evaluated every epoch and ``report(epoch, metrics)`` is called (the only hook: runners turn it into
+Optuna/Ray reports and may raise from it to prune; the exception propagates unchanged).
+
+Failures runners must record are dedicated exceptions: :class:`DivergenceError` (non-finite loss,
+with epoch and step) and :class:`OutOfMemoryError` (CUDA out of memory, with the batch size).
+With ``checkpoint_dir`` the full state (model, optimiser, schedule, RNG streams, history) is saved
+after every epoch and a later call resumes from it; on CPU a resumed run ends with exactly the
+metrics of an uninterrupted one. The same config and seed on CPU give identical metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Union
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import metrics as M
+from .config import ConfigMixin, check_bool, check_choice, check_positive, check_positive_int
+from .models import GSAResNet, ModelConfig
+
+__all__ = [
+    "Recipe",
+    "TrainError",
+    "DivergenceError",
+    "OutOfMemoryError",
+    "Pruned",
+    "train",
+    "resolve_device",
+    "evaluate",
+]
+
+ReportFn = Callable[[int, dict[str, float]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe(ConfigMixin):
+    """How to train a proxy model.
+
+    ``lr`` is the peak learning rate (reached after ``warmup_epochs``); ``schedule`` is ``cosine``
+    (warm-up then cosine decay to zero), ``onecycle`` (linear warm-up then linear decay to zero, the
+    airbench triangle) or ``constant`` (warm-up then flat). ``precision='auto'`` means bf16 autocast
+    on CUDA and float32 on CPU. ``compile`` wraps the model in ``torch.compile`` after its FLOPs are
+    counted.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        check_positive_int("recipe", "epochs", self.epochs)
+        check_positive_int("recipe", "batch_size", self.batch_size)
+        check_positive_int("recipe", "eval_batch_size", self.eval_batch_size)
+        check_choice("recipe", "optimizer", self.optimizer, ("sgd", "adamw"))
+        check_choice("recipe", "schedule", self.schedule, ("cosine", "onecycle", "constant"))
+        check_choice("recipe", "precision", self.precision, ("auto", "fp32", "bf16"))
+        check_positive("recipe", "lr", self.lr)
+        for field in ("momentum", "weight_decay", "warmup_epochs"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"recipe.{field} must be a number >= 0, got {value!r}")
+        if self.momentum >= 1:
+            raise ValueError(f"recipe.momentum must be < 1, got {self.momentum}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"recipe.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        for field in ("augment", "channels_last", "compile"):
+            check_bool("recipe", field, getattr(self, field))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"recipe.seed must be an integer >= 0, got {self.seed!r}")
+        if not isinstance(self.device, str) or not (
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        ):
+            raise ValueError(f"recipe.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+
+class TrainError(RuntimeError):
+    """Base class of training failures that a runner records as the trial's reason."""
+
+
+class DivergenceError(TrainError):
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        super().__init__(f"training diverged: loss {loss} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+class OutOfMemoryError(TrainError):
+    def __init__(self, batch_size: int, device: str, detail: str = "") -> None:
+        super().__init__(
+            f"out of memory on {device} with batch_size={batch_size}; lower the batch size or the model width"
+            + (f" ({detail})" if detail else "")
+        )
+        self.batch_size, self.device = batch_size, device
+
+
+class Pruned(Exception):
+    """A report hook may raise this (or its own exception) to stop a run; train() lets it through."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"recipe.device={device!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def _lr_factor(recipe: Recipe, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based)."""
+    warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return (step + 1) / warmup
+    if recipe.schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if recipe.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return max(0.0, 1 - progress)  # onecycle: linear decay after the linear warm-up
+
+
+def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for param in model.parameters():
+        (no_decay if param.ndim <= 1 else decay).append(param)  # no weight decay on BN/bias/scalars
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0)
+    return torch.optim.AdamW(groups, lr=recipe.lr, betas=(recipe.momentum, 0.999))
+
+
+def _autocast(device: torch.device, recipe: Recipe) -> contextlib.AbstractContextManager:
+    bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and device.type == "cuda")
+    if bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    num_classes: int,
+    autocast: contextlib.AbstractContextManager | None = None,
+    device: torch.device | None = None,
+) -> dict[str, float]:
+    """Top-1 (and top-5 when there are more than 10 classes) accuracy and mean loss over ``batches``."""
+    was_training = model.training
+    model.eval()
+    correct = correct5 = count = 0
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct_t = torch.zeros((), dtype=torch.int64, device=device)
+    correct5_t = torch.zeros((), dtype=torch.int64, device=device)
+    for xb, yb in batches:
+        if device is not None:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        with autocast or contextlib.nullcontext():
+            logits = model(xb)
+        logits = logits.float()
+        loss += F.cross_entropy(logits, yb, reduction="sum")
+        correct_t += (logits.argmax(1) == yb).sum()
+        if num_classes > 10:
+            correct5_t += (logits.topk(5, dim=1).indices == yb[:, None]).any(1).sum()
+        count += len(yb)
+    model.train(was_training)
+    correct, correct5 = int(correct_t.item()), int(correct5_t.item())  # one sync per evaluation
+    out = {M.ACCURACY: correct / count, M.VAL_LOSS: float(loss.item()) / count}
+    if num_classes > 10:
+        out[M.TOP5] = correct5 / count
+    return out
+
+
+def _fit_model_to_data(model_cfg: ModelConfig | dict[str, Any], data: Any) -> ModelConfig:
+    if isinstance(model_cfg, dict):
+        model_cfg = ModelConfig.from_dict(model_cfg)
+    if not isinstance(model_cfg, ModelConfig):
+        raise ValueError(f"model_cfg must be a ModelConfig or its dict, got {type(model_cfg).__name__}")
+    return model_cfg.replace(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: an interrupted save never leaves a half-written checkpoint
+
+
+def train(
+    model_cfg: ModelConfig | dict[str, Any],
+    recipe: Recipe | None = None,
+    data: Union[str, Any] = "digits",
+    *,
+    report: ReportFn | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Train ``model_cfg`` on ``data`` (a dataset name or a loaded bundle) and return its metrics.
+
+    The model is fitted to the data (``num_classes``, ``in_channels`` and ``image_size`` come from
+    the dataset). Returns the metrics named in :mod:`gsa_search.metrics` plus ``history`` (one dict
+    per epoch) and ``model_config`` (the config that was trained, as a dict).
+
+    Example:
+        >>> from gsa_search.models import model_config
+        >>> result = train(model_config("proxy_resnet", width_multiplier=0.25), Recipe(epochs=1))
+        >>> 0.0 <= result["accuracy"] <= 1.0
+        True
+    """
+    from .data import load_dataset
+
+    recipe = recipe or Recipe()
+    if isinstance(data, str):
+        data = load_dataset(data, seed=recipe.seed)
+    model_cfg = _fit_model_to_data(model_cfg, data)
+    device = resolve_device(recipe.device)
+    data = data.to(device) if data.is_resident else data
+
+    torch.manual_seed(recipe.seed)
+    model: nn.Module = GSAResNet(model_cfg).to(device)
+    params = sum(p.numel() for p in model.parameters())
+    flops = _count_flops(model, (1, data.in_channels, data.image_size, data.image_size))
+    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = _optimizer(model, recipe)
+    feed = _Feed(data, recipe, device)
+    total_steps = feed.steps_per_epoch * recipe.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(recipe, step, total_steps, feed.steps_per_epoch)
+    )
+    history: list[dict[str, float]] = []
+    start_epoch, train_time = 0, 0.0
+
+    ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
+    if ckpt_path is not None:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        if ckpt_path.exists():
+            state = torch.load(ckpt_path, map_location=device, weights_only=False)
+            if state["model_config"] != model_cfg.to_dict() or state["recipe"] != recipe.to_dict():
+                raise ValueError(f"checkpoint {ckpt_path} belongs to a different model or recipe; use another directory")
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            feed.load_state(state["feed"])
+            torch.set_rng_state(state["torch_rng"])
+            start_epoch, train_time, history = state["epoch"] + 1, state["train_time_s"], state["history"]
+
+    step_model = torch.compile(model) if recipe.compile else model
+    autocast = _autocast(device, recipe)
+    for epoch in range(start_epoch, recipe.epochs):
+        model.train()
+        _sync(device)
+        tic = time.perf_counter()
+        losses = torch.zeros(feed.steps_per_epoch, device=device)  # one sync per epoch, not per step
+        try:
+            for step, (xb, yb) in enumerate(feed.train_batches()):
+                xb = xb.contiguous(memory_format=memory_format)
+                with autocast:
+                    loss = F.cross_entropy(step_model(xb), yb, label_smoothing=recipe.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                losses[step] = loss.detach().float()
+            _sync(device)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise OutOfMemoryError(recipe.batch_size, str(device), str(exc).splitlines()[0]) from None
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0].item())
+            raise DivergenceError(epoch, bad, float(losses[bad].item()))
+        train_time += time.perf_counter() - tic
+        metrics = {M.EPOCH: epoch, M.TRAIN_LOSS: float(losses.mean().item())}
+        metrics.update(
+            evaluate(step_model, feed.val_batches(), num_classes=data.num_classes, autocast=autocast, device=device)
+        )
+        metrics[M.TRAIN_TIME_S] = train_time
+        history.append(metrics)
+        if ckpt_path is not None:
+            _save(ckpt_path, {
+                "model_config": model_cfg.to_dict(), "recipe": recipe.to_dict(), "epoch": epoch,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "feed": feed.state(),
+                "torch_rng": torch.get_rng_state(), "train_time_s": train_time, "history": history,
+            })
+        if report is not None:
+            report(epoch, dict(metrics))
+
+    final = dict(history[-1])
+    final.pop(M.EPOCH)
+    images = feed.steps_per_epoch * recipe.batch_size * recipe.epochs
+    final.update({
+        M.PARAMS: params,
+        M.FLOPS: flops,
+        M.IMAGES_PER_S: images / train_time if train_time > 0 else float("nan"),
+        "epochs": recipe.epochs,
+        "device": str(device),
+        "history": history,
+        "model_config": model_cfg.to_dict(),
+    })
+    return final
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Feed:
+    """Where batches come from: resident tensors (shuffled and augmented on the device) or, for data
+    too large to keep resident, a DataLoader whose batches are moved to the device."""
+
+    def __init__(self, data: Any, recipe: Recipe, device: torch.device) -> None:
+        self.data, self.recipe, self.device = data, recipe, device
+        self.resident = data.is_resident
+        # shuffling and augmentation draw from this stream only, so a run is reproducible and resumable
+        self.generator = torch.Generator(device=device if self.resident else "cpu").manual_seed(recipe.seed)
+        size = len(data.train_x) if self.resident else len(data.train_dataset)
+        self.drop_last = size >= recipe.batch_size
+        self.steps_per_epoch = size // recipe.batch_size if self.drop_last else 1
+
+    def train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from .data import augment, batches
+
+        data, recipe = self.data, self.recipe
+        if self.resident:
+            source = batches(data.train_x, data.train_y, batch_size=recipe.batch_size, shuffle=True,
+                             generator=self.generator, drop_last=self.drop_last)
+        else:
+            loader = data.train_loader(recipe.batch_size, shuffle=True, drop_last=self.drop_last,
+                                       generator=self.generator, pin_memory=self.device.type == "cuda")
+            source = ((x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)) for x, y in loader)
+        for xb, yb in source:
+            if recipe.augment:
+                aug_generator = self.generator if self.resident else None
+                xb = augment(xb, flip=data.flip, generator=aug_generator)
+            yield xb, yb
+
+    def val_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        size = self.recipe.eval_batch_size
+        if self.resident:
+            x, y = self.data.val_x, self.data.val_y
+            return ((x[i : i + size], y[i : i + size]) for i in range(0, len(x), size))
+        return self.data.val_loader(size, pin_memory=self.device.type == "cuda")
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def load_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state.cpu())
+
+
+def _count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int | None:
+    try:
+        from .measure import count_flops
+    except ImportError:  # measurement is an optional layer
+        return None
+    return int(count_flops(model, input_shape).per_image)
