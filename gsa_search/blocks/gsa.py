@@ -188,13 +188,13 @@ class AxialPositionalAttention(nn.Module):
         col = self._absolute(self.rel_col, h)  # (N, H, H, d_k): [i, a]
         row = self._absolute(self.rel_row, w)  # (N, W, W, d_k): [j, j']
         # column step: sequences along H, one per (batch, column)
-        q_col = q.permute(1, 0, 4, 3, 2).reshape(n, b * w, h, -1)  # (N, B*W, H, d_k)
+        q_col = q.permute(1, 3, 0, 4, 2).reshape(n, h, b * w, -1)  # (N, H, B*W, d_k)
         v_col = v.permute(1, 0, 4, 3, 2).reshape(n, b * w, h, d_v)
         c = relative_axis_attention(q_col, v_col, col)  # (N, B*W, H, d_v)
         c = c.view(n, b, w, h, d_v).permute(1, 0, 4, 3, 2).reshape(b, n * d_v, h, w)
         c = self.norm(c)
         # row step: sequences along W, one per (batch, row)
-        q_row = q.permute(1, 0, 3, 4, 2).reshape(n, b * h, w, -1)  # (N, B*H, W, d_k)
+        q_row = q.permute(1, 4, 0, 3, 2).reshape(n, w, b * h, -1)  # (N, W, B*H, d_k)
         c_row = c.view(b, n, d_v, h, w).permute(1, 0, 3, 4, 2).reshape(n, b * h, w, d_v)
         p = relative_axis_attention(q_row, c_row, row)  # (N, B*H, W, d_v)
         return p.view(n, b, h, w, d_v).permute(1, 0, 4, 2, 3)  # (B, N, d_v, H, W)
@@ -222,7 +222,7 @@ class Positional2DAttention(nn.Module):
         ry, rx = min(self.span, h - 1), min(self.span, w - 1)
         s = self.span
         rel = self.rel[:, s - ry : s + ry + 1, s - rx : s + rx + 1]  # (E, 2ry+1, 2rx+1, d_k)
-        q_row = q.permute(1, 0, 3, 4, 2).reshape(n, b * h, w, d_k)  # (N, B*H, W, d_k)
+        q_row = q.permute(1, 4, 0, 3, 2).reshape(n, w, b * h, d_k)  # (N, W, B*H, d_k)
         v_pad = nn.functional.pad(v.permute(1, 0, 3, 4, 2), (0, 0, 0, 0, ry, ry))  # (N, B, H+2ry, W, d_v)
         out = None
         for dy in range(2 * ry + 1):  # row offset dy - ry
