@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m gsa_search.zoo 'proxy_*'
+	$(PY) -m gsa_search.zoo "proxy_*"
+	$(PY) -m gsa_search.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

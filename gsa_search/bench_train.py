@@ -20,14 +20,10 @@ from torch.nn import functional as F
 
 from .data import load_dataset
 from .models import GSAResNet, model_config
-from .train import Recipe, _optimizer, resolve_device, train
+from .train import DIGITS_IMAGE_SIZE, DIGITS_RECIPE, Recipe, _optimizer, resolve_device, train
 
-__all__ = ["bare_epoch", "trainer_overhead", "digits_time_to_accuracy", "DIGITS_RECIPE", "main"]
+__all__ = ["bare_epoch", "trainer_overhead", "digits_time_to_accuracy", "main"]
 
-# The recipe behind the digits numbers in the README: AdamW, 12 epochs, 16x16 inputs (digits are
-# 8x8 scans, so 32x32 only upsamples them further).
-DIGITS_RECIPE = Recipe(epochs=12, batch_size=64, optimizer="adamw", lr=3e-3, weight_decay=0.05, label_smoothing=0.1)
-DIGITS_IMAGE_SIZE = 16
 
 
 def bare_epoch(model_name: str, data, recipe: Recipe) -> float:

@@ -31,6 +31,8 @@ from .config import ConfigMixin, check_bool, check_choice, check_positive, check
 from .models import GSAResNet, ModelConfig
 
 __all__ = [
+    "DIGITS_IMAGE_SIZE",
+    "DIGITS_RECIPE",
     "Recipe",
     "TrainError",
     "DivergenceError",
@@ -96,6 +98,12 @@ class Recipe(ConfigMixin):
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
         ):
             raise ValueError(f"recipe.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+
+# The proxy recipe for the bundled digits data (the demo's and the README's numbers): AdamW,
+# 12 epochs, 16x16 inputs (the scans are 8x8, so larger inputs only upsample them further).
+DIGITS_RECIPE = Recipe(epochs=12, batch_size=64, optimizer="adamw", lr=3e-3, weight_decay=0.05, label_smoothing=0.1)
+DIGITS_IMAGE_SIZE = 16
 
 
 class TrainError(RuntimeError):
