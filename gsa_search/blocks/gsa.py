@@ -131,16 +131,17 @@ def relative_to_absolute(rel: torch.Tensor, length: int, span: int) -> torch.Ten
     """Expand relative embeddings to absolute pairs.
 
     ``rel``: ``(E, 2*span+1, d)`` for offsets ``-span..span``. Returns ``(E, length, length, d)`` with
-    ``out[:, i, a] = rel[:, a - i + span]`` where ``|a - i| <= span`` and zero elsewhere.
+    ``out[:, i, a] = rel[:, a - i + span]`` where ``|a - i| <= span`` and zero elsewhere (a span
+    longer than the map uses only its centre). Built as a sliding window over the offsets
+    (``unfold``), whose backward is a cheap scatter-add.
     """
-    pos = torch.arange(length, device=rel.device)
-    offset = pos[None, :] - pos[:, None]  # (i, a) -> a - i
-    inside = offset.abs() <= span
-    index = offset.clamp(-span, span) + span
-    out = rel[:, index]  # (E, L, L, d)
-    if not bool(inside.all()):
-        out = out * inside[None, :, :, None].to(out.dtype)
-    return out
+    reach = length - 1
+    if span >= reach:
+        offsets = rel[:, span - reach : span + reach + 1]
+    else:
+        offsets = nn.functional.pad(rel, (0, 0, reach - span, reach - span))
+    # offsets[:, m] is offset m - reach, so out[:, i, a] = offsets[:, a + (reach - i)]
+    return offsets.unfold(1, length, 1).flip(1).transpose(2, 3)  # (E, L_i, L_a, d)
 
 
 class ContentAttention(nn.Module):
@@ -177,9 +178,7 @@ class AxialPositionalAttention(nn.Module):
         self.norm = nn.BatchNorm2d(heads * dim_value) if norm else nn.Identity()
 
     def _absolute(self, rel: torch.Tensor, length: int) -> torch.Tensor:
-        span = min(self.span, length - 1)
-        centre = rel[:, self.span - span : self.span + span + 1]
-        return relative_to_absolute(centre, length, span).expand(self.heads, -1, -1, -1)
+        return relative_to_absolute(rel, length, self.span).expand(self.heads, -1, -1, -1)
 
     def forward(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q: (B, N, d_k, H, W); v: (B, N, d_v, H, W)
