@@ -1,0 +1,649 @@
+"""Cost measurement: parameters, FLOPs (counted and analytic), latency and memory, per-layer tables.
+
+Status: stable. FLOPs follow the GSA and ResNet papers' convention: **multiply-accumulates**, one
+multiply-add = one FLOP (ResNet-50 at 224x224 = about 4.1 G). ``torch.utils.flop_counter`` counts
+2x that.
+
+* :func:`count_flops` traces the model with fvcore's ``FlopCountAnalysis`` and counts only the
+  operators that do multiply-accumulates: convolutions, linear/addmm, ``matmul``/``mm``/``bmm``
+  (with broadcast batch dims, which fvcore's own matmul handle gets wrong), ``einsum`` (exact, for
+  any number of operands), ``scaled_dot_product_attention`` and the relative-attention kernel of
+  the GSA positional paths (a custom autograd function, opaque to the tracer). Everything else
+  that runs (batch norm, which folds into the preceding conv at inference, softmax, element-wise
+  ops, pooling, gather/index, ...) is **not counted** and is listed with its number of calls in
+  ``FlopCount.uncounted``; only pure shape and memory operators (view, reshape, permute, cat, to,
+  ...) go unlisted. Custom autograd functions are opaque to the tracer: each needs a handle here
+  (``prim::PythonOp.<class name>``), or it shows up in ``uncounted``.
+* :func:`analytic_flops` gives the same number from a block config and the map size, with one
+  short formula per registered block type (:func:`register_flop_formula`); the tests check that the
+  two agree exactly for every block, so a formula that drifts from its implementation is caught.
+* :func:`measure_latency` times forward and forward+backward runs (medians and IQRs) and reports
+  memory: the CUDA allocator's peak on GPUs, and everywhere the bytes autograd saves for backward.
+* :func:`flops_breakdown` is a per-stage / per-bottleneck table of parameters and MACs.
+
+Example:
+    >>> from gsa_search.models import create_model
+    >>> model = create_model("proxy_resnet")
+    >>> count = count_flops(model, (1, 3, 32, 32))
+    >>> count.per_image == count.total and "aten::batch_norm" in count.uncounted
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+import statistics
+import time
+import warnings
+from collections import Counter
+from typing import Any, Callable, Iterator, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .blocks.base import BlockConfig, block_config, block_config_from_dict, head_dims
+from .blocks.conv import ConvConfig
+from .blocks.explicit import ExplicitConfig
+from .blocks.gsa import GSAConfig
+from .blocks.mhsa import MHSAConfig
+from .registry import Registry
+
+__all__ = [
+    "CONVENTION",
+    "FlopCount",
+    "LatencyResult",
+    "analytic_flops",
+    "count_flops",
+    "count_params",
+    "flops_breakdown",
+    "list_flop_formulas",
+    "measure_latency",
+    "register_flop_formula",
+]
+
+CONVENTION = "multiply-accumulates (1 MAC = 1 FLOP), the GSA/ResNet papers' convention"
+
+
+# --- parameters --------------------------------------------------------------------------------------
+
+
+def count_params(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameters (shared parameters once); ``trainable_only`` skips frozen ones."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# --- counted FLOPs (fvcore trace + our MAC handles) ---------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopCount:
+    """MACs of one traced forward pass.
+
+    ``total``, ``by_operator`` and ``by_module`` are for the whole input batch; ``per_image`` is
+    ``total / batch_size``. ``uncounted`` maps every operator that ran but was not counted (no
+    multiply-accumulates, or deliberately skipped like batch norm) to its number of calls.
+    """
+
+    total: int
+    per_image: int
+    batch_size: int
+    by_operator: dict[str, int]
+    by_module: dict[str, int]
+    uncounted: dict[str, int]
+
+    @property
+    def convention(self) -> str:
+        names = ", ".join(sorted(op.split("::")[-1] for op in self.uncounted)) or "nothing"
+        return f"{CONVENTION}; uncounted: {names}"
+
+
+def _shape(value: Any) -> list[int]:
+    """Shape of a traced ``torch._C.Value``."""
+    if not value.isCompleteTensor():
+        raise ValueError(f"FLOPs counting: an operand has no static shape ({value.type()})")
+    return list(value.type().sizes())
+
+
+def _matmul_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """``matmul``/``mm``/``bmm`` with numpy broadcasting: batch * M * K * N (1-D operands allowed)."""
+    a, b = _shape(inputs[0]), _shape(inputs[1])
+    m = a[-2] if len(a) > 1 else 1
+    k = a[-1]
+    n = b[-1] if len(b) > 1 else 1
+    batch = torch.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
+    return math.prod(batch) * m * k * n
+
+
+def _baddbmm_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """``baddbmm(input, batch1, batch2)``: the bmm part."""
+    return _matmul_macs(inputs[1:3], outputs)
+
+
+def _einsum_operand_labels(equation: str, shapes: list[list[int]]) -> tuple[list[str], str]:
+    """Per-operand label strings (``...`` replaced by upper-case letters, right-aligned) and the output."""
+    equation = equation.replace(" ", "")
+    lhs, arrow, rhs = equation.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(shapes):
+        raise ValueError(f"einsum {equation!r}: {len(terms)} terms for {len(shapes)} operands")
+    ellipsis = max((len(s) - len(t.replace("...", "")) for t, s in zip(terms, shapes) if "..." in t), default=0)
+    broadcast = "".join(chr(ord("A") + i) for i in range(ellipsis))
+    labels = []
+    for term, shape in zip(terms, shapes):
+        if "..." in term:
+            own = len(shape) - len(term.replace("...", ""))
+            term = term.replace("...", broadcast[ellipsis - own :])
+        labels.append(term)
+    if arrow:
+        out = rhs.replace("...", broadcast)
+    else:  # implicit output: broadcast dims, then labels appearing once, sorted
+        letters = Counter("".join(t for t in terms).replace("...", "").replace(".", ""))
+        out = broadcast + "".join(sorted(c for c, n in letters.items() if n == 1))
+    return labels, out
+
+
+def _einsum_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """Exact einsum MACs: two operands cost the product of the sizes of all their distinct labels.
+
+    More operands are contracted left to right (torch's order without opt_einsum), each pairwise
+    step costing the product of its labels. One operand costs nothing (a transpose or a sum).
+    """
+    equation = inputs[0].toIValue()
+    shapes = [_shape(v) for v in inputs[1].node().inputs()]
+    labels, out = _einsum_operand_labels(equation, shapes)
+    sizes: dict[str, int] = {}
+    for term, shape in zip(labels, shapes):
+        for label, size in zip(term, shape):
+            sizes[label] = max(sizes.get(label, 1), size)  # broadcast size-1 dims
+    macs, current = 0, labels[0]
+    for i in range(1, len(labels)):
+        step = set(current) | set(labels[i])
+        macs += math.prod(sizes[c] for c in step)
+        needed = set(out).union(*labels[i + 1 :])
+        current = "".join(c for c in sorted(step) if c in needed)
+    return macs
+
+
+def _sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """``scaled_dot_product_attention(q, k, v)``: batch*heads * L * S * (E + Ev) (logits + weighting)."""
+    q, k, v = (_shape(t) for t in inputs[:3])
+    return math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def _relative_axis_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
+    """``blocks._relative.relative_axis_attention(qt, v, emb)``: logits ``N*L_i*S*L_a*d_k`` + weighting
+    ``N*S*L_i*L_a*d_v`` with ``qt (N, L_i, S, d_k)``, ``v (N, S, L_a, d_v)``."""
+    n, length, seqs, d_k = _shape(inputs[0])
+    length_a, d_v = _shape(inputs[1])[-2:]
+    return Counter({"relative_axis_attention": n * length * seqs * length_a * (d_k + d_v)})
+
+
+def _fvcore_handles() -> dict[str, Callable[[list[Any], list[Any]], Any]]:
+    from fvcore.nn.jit_handles import addmm_flop_jit, conv_flop_jit, linear_flop_jit
+
+    return {
+        "aten::_convolution": conv_flop_jit,
+        "aten::addmm": addmm_flop_jit,
+        "aten::linear": linear_flop_jit,
+        "aten::matmul": _matmul_macs,
+        "aten::mm": _matmul_macs,
+        "aten::bmm": _matmul_macs,
+        "aten::baddbmm": _baddbmm_macs,
+        "aten::einsum": _einsum_macs,
+        "aten::scaled_dot_product_attention": _sdpa_macs,
+        # custom autograd functions are traced as one opaque node named after the class
+        "prim::PythonOp._RelativeAxisAttention": _relative_axis_macs,
+    }
+
+
+# fvcore silently ignores these although they compute something; we list them as uncounted instead.
+_LISTED_IGNORED_OPS = (
+    "aten::relu", "aten::relu_", "aten::clamp", "aten::clamp_", "aten::max", "aten::gather",
+    "aten::index", "aten::index_put_", "aten::masked_fill", "aten::floor", "aten::floor_divide",
+    "aten::remainder", "aten::eq", "aten::ge", "aten::gt", "aten::__and__", "aten::bitwise_not",
+    "aten::nonzero", "aten::roll",
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence TorchScript's deprecation/tracer warnings and fvcore's logging during a trace."""
+    loggers = [logging.getLogger(name) for name in ("fvcore", "fvcore.nn.jit_analysis", "torch.jit")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def _random_input(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A fixed random input that leaves the global RNG alone (seeded runs stay reproducible)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+
+
+def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(input_shape)
+    if len(shape) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+        raise ValueError(f"input_shape must be (batch, channels, ...) positive integers, got {input_shape!r}")
+    return shape
+
+
+def count_flops(
+    model: nn.Module, input_shape: Sequence[int], *, device: str | torch.device | None = None
+) -> FlopCount:
+    """MACs of one forward pass on a random input of ``input_shape`` (batch dimension included).
+
+    Counts on an eval-mode deep copy (the model is not touched), before ``torch.compile`` (a compiled
+    model's ``_orig_mod`` is counted), on ``device`` (default: the model's). See the module
+    docstring for what is counted.
+
+    Example:
+        >>> from gsa_search.blocks import create_block
+        >>> count = count_flops(create_block("conv", 8, 8), (2, 8, 4, 4))
+        >>> count.total, count.per_image  # 4*4 positions * 8 out * 8 in * 3*3
+        (18432, 9216)
+    """
+    with _quiet():  # importing fvcore scripts functions: TorchScript deprecation warnings
+        from fvcore.nn import FlopCountAnalysis
+
+    shape = _check_shape(input_shape)
+    model = getattr(model, "_orig_mod", model)
+    model_device, dtype = _model_device_dtype(model)
+    device = torch.device(device) if device is not None else model_device
+    counted = copy.deepcopy(model).to(device).eval()
+    x = _random_input(shape, device, dtype)
+    listed: Counter[str] = Counter()
+
+    def listing(name: str) -> Callable[[list[Any], list[Any]], int]:
+        def handle(inputs: list[Any], outputs: list[Any]) -> int:
+            listed[name] += 1
+            return 0
+
+        return handle
+
+    analysis = FlopCountAnalysis(counted, (x,))
+    analysis.clear_op_handles()  # drops fvcore's batch-norm, norm, pooling and upsampling counts
+    analysis.set_op_handle(**_fvcore_handles(), **{op: listing(op) for op in _LISTED_IGNORED_OPS})
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    with _quiet(), torch.no_grad():
+        total = int(analysis.total())
+        by_operator = {op: int(v) for op, v in analysis.by_operator().items() if v}
+        by_module = {name: int(v) for name, v in analysis.by_module().items()}
+        uncounted = Counter(analysis.unsupported_ops()) + listed
+    batch = shape[0]
+    return FlopCount(
+        total=total,
+        per_image=round(total / batch),
+        batch_size=batch,
+        by_operator=by_operator,
+        by_module=by_module,
+        uncounted=dict(sorted(uncounted.items())),
+    )
+
+
+# --- analytic FLOPs (one formula per block type) -----------------------------------------------------
+
+FlopFormula = Callable[..., int]
+_FORMULAS: Registry[FlopFormula] = Registry("FLOPs formula")
+
+
+def register_flop_formula(block_type: str) -> Callable[[FlopFormula], FlopFormula]:
+    """Register ``f(cfg, in_channels, out_channels, height, width, stride) -> MACs`` for a block type."""
+    return _FORMULAS.register(block_type)
+
+
+def list_flop_formulas() -> list[str]:
+    """Block types that have an analytic FLOPs formula."""
+    return _FORMULAS.names()
+
+
+def analytic_flops(
+    block_cfg: BlockConfig | str | dict[str, Any],
+    in_channels: int,
+    out_channels: int,
+    height: int,
+    width: int,
+    *,
+    stride: int = 1,
+) -> int:
+    """MACs of one block on one ``height`` x ``width`` image, from its config (same convention as
+    :func:`count_flops`: pooling, norms, softmax and element-wise ops are not counted).
+
+    Example:
+        >>> analytic_flops("conv", 8, 8, 4, 4)
+        9216
+    """
+    if isinstance(block_cfg, str):
+        block_cfg = block_config(block_cfg)
+    elif isinstance(block_cfg, dict):
+        block_cfg = block_config_from_dict(block_cfg)
+    return int(_FORMULAS.get(block_cfg.block_type)(block_cfg, in_channels, out_channels, height, width, stride))
+
+
+def _conv_macs(c_in: int, c_out: int, height: int, width: int, kernel: int, stride: int, groups: int = 1) -> int:
+    """A same-padded ``kernel`` x ``kernel`` conv: output ``ceil(size / stride)``."""
+    return math.ceil(height / stride) * math.ceil(width / stride) * c_out * (c_in // groups) * kernel * kernel
+
+
+@register_flop_formula("conv")
+def _conv_formula(cfg: ConvConfig, c_in: int, c_out: int, height: int, width: int, stride: int) -> int:
+    return _conv_macs(c_in, c_out, height, width, cfg.kernel_size, stride, cfg.groups)
+
+
+@register_flop_formula("gsa")
+def _gsa_formula(cfg: GSAConfig, c_in: int, c_out: int, height: int, width: int, stride: int) -> int:
+    """``GSABlock.forward``: everything at full resolution, then the (uncounted) 2x2 pool."""
+    n = cfg.heads
+    d_k, d_v = head_dims(
+        "gsa", heads=n, dim_key=cfg.dim_key, dim_value=cfg.dim_value, out_channels=c_out, output_proj=cfg.output_proj
+    )
+    length = height * width
+    macs = length * c_in * (n * d_k * (2 if cfg.content else 1) + n * d_v)  # qkv 1x1 conv
+    if cfg.content:  # ContentAttention: K V^T then G^T Q
+        macs += 2 * n * d_k * d_v * length
+    if cfg.positional == "axial":
+        # AxialPositionalAttention: relative_axis_attention along H (S = W sequences of length H), then
+        # along W; each costs N * L * axis * (d_k + d_v) whatever the span (dense L x L embeddings).
+        macs += n * length * (height + width) * (d_k + d_v)
+    elif cfg.positional == "2d":
+        # Positional2DAttention: 2*ry+1 row problems, each a relative_axis_attention along W over
+        # dense W x W embeddings: N * L * W * (d_k + d_v) per row offset.
+        span = cfg.span() if cfg.feature_size is not None or not cfg.global_span else max(height, width) - 1
+        rows = 2 * min(span, height - 1) + 1
+        macs += rows * n * length * width * (d_k + d_v)
+    if cfg.output_proj:
+        macs += length * n * d_v * c_out
+    return macs
+
+
+@register_flop_formula("explicit")
+def _explicit_formula(cfg: ExplicitConfig, c_in: int, c_out: int, height: int, width: int, stride: int) -> int:
+    """``ExplicitBlock.forward``: 1x1 value conv, ``K_H @ V @ K_W^T`` (full res), optional 3x3 conv."""
+    macs = height * width * c_in * c_out + c_out * height * width * (height + width)
+    if cfg.placement == "beside":
+        macs += _conv_macs(c_in, c_out, height, width, 3, stride)
+    return macs
+
+
+@register_flop_formula("mhsa")
+def _mhsa_formula(cfg: MHSAConfig, c_in: int, c_out: int, height: int, width: int, stride: int) -> int:
+    """``MHSABlock.forward``: qkv 1x1 conv, SDPA over all L = H*W positions, optional projection."""
+    n = cfg.heads
+    d_k, d_v = head_dims(
+        "mhsa", heads=n, dim_key=cfg.dim_key, dim_value=cfg.dim_value, out_channels=c_out, output_proj=cfg.output_proj
+    )
+    length = height * width
+    macs = length * c_in * n * (2 * d_k + d_v) + n * length * length * (d_k + d_v)
+    if cfg.output_proj:
+        macs += length * n * d_v * c_out
+    return macs
+
+
+# --- latency and memory --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyResult:
+    """Timings (milliseconds, median and inter-quartile range over ``repeats`` runs) and memory.
+
+    ``peak_memory_mb``: the CUDA allocator's peak during forward+backward (forward alone when
+    ``backward=False``), model and input included; ``None`` on CPU, where no allocator reports it
+    honestly. ``activation_mb``: bytes of the tensors autograd saves for backward during one
+    training-mode forward (storages counted once, parameters excluded, the input included),
+    measured exactly with ``torch.autograd.graph.saved_tensors_hooks`` on every device.
+    """
+
+    latency_ms: float
+    latency_iqr_ms: float
+    latency_fwd_bwd_ms: float | None
+    latency_fwd_bwd_iqr_ms: float | None
+    peak_memory_mb: float | None
+    activation_mb: float
+    device: str
+    repeats: int
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _loss(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out.float().sum()
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return sum((_loss(o) for o in out), torch.zeros(()))
+    raise ValueError(f"measure_latency: cannot sum a model output of type {type(out).__name__}")
+
+
+def _median_iqr(samples: list[float]) -> tuple[float, float]:
+    if len(samples) < 2:
+        return samples[0], 0.0
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return statistics.median(samples), q3 - q1
+
+
+def _saved_tensor_bytes(model: nn.Module, x: torch.Tensor, autocast: Callable[[], Any]) -> int:
+    """Bytes of the storages autograd saves during one forward (each storage once, no parameters)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[tuple[str, int], int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # tensors without a storage
+            return tensor
+        ptr = storage.data_ptr()
+        if ptr not in params:
+            seen[(str(tensor.device), ptr)] = storage.nbytes()
+        return tensor
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast():
+        out = model(x)
+    del out
+    return sum(seen.values())
+
+
+def measure_latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    device: str | torch.device = "auto",
+    backward: bool = True,
+    warmup: int = 3,
+    repeats: int = 10,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> LatencyResult:
+    """Median forward (eval mode, no grad) and forward+backward (train mode, ``sum(output)`` as the
+    loss, gradients zeroed each run) times on a random input, after ``warmup`` runs of each.
+
+    The model is moved to ``device`` (``'auto'``: CUDA when available, else CPU) and, with
+    ``channels_last``, to that memory format, and stays there like after ``model.to(...)``; its
+    train/eval flags, buffers (BatchNorm running statistics) and ``.grad`` are restored. On CUDA every
+    timed run is synchronised. Single runs on shared machines vary a lot: compare models measured
+    side by side (interleaved), never two separate calls.
+
+    Example:
+        >>> from gsa_search.blocks import create_block
+        >>> result = measure_latency(create_block("conv", 8, 8), (2, 8, 8, 8), device="cpu", repeats=3)
+        >>> result.device, result.peak_memory_mb, result.activation_mb > 0
+        ('cpu', None, True)
+    """
+    shape = _check_shape(input_shape)
+    for field, value, low in (("warmup", warmup, 0), ("repeats", repeats, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"measure_latency: {field} must be an integer >= {low}, got {value!r}")
+    dev = _resolve_device(device)
+    cuda = dev.type == "cuda"
+    model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    _, dtype = _model_device_dtype(model)
+    x = _random_input(shape, dev, dtype)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def autocast() -> Any:
+        if autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=dev.type, dtype=autocast_dtype)
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    def timed(step: Callable[[], None]) -> list[float]:
+        for _ in range(warmup):
+            step()
+        samples = []
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            samples.append((time.perf_counter() - start) * 1e3)
+        return samples
+
+    def forward() -> None:
+        with torch.no_grad(), autocast():
+            model(x)
+
+    def forward_backward() -> None:
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad(), autocast():
+            loss = _loss(model(x))
+        if not loss.requires_grad:
+            raise ValueError("measure_latency: the model has no trainable parameters; use backward=False")
+        loss.backward()
+
+    modes = {module: module.training for module in model.modules()}
+    buffers = {name: buf.detach().clone() for name, buf in model.named_buffers()}
+    grads = {param: param.grad for param in model.parameters()}
+    try:
+        model.eval()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
+        fwd = _median_iqr(timed(forward))
+        fwd_bwd: tuple[float | None, float | None] = (None, None)
+        if backward:
+            model.train()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(dev)
+            fwd_bwd = _median_iqr(timed(forward_backward))
+        peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None
+        model.train()
+        model.zero_grad(set_to_none=True)
+        activation = _saved_tensor_bytes(model, x, autocast) / 2**20
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        with torch.no_grad():
+            for name, buf in model.named_buffers():
+                if name in buffers:
+                    buf.copy_(buffers[name])
+        for param, grad in grads.items():
+            param.grad = grad
+    return LatencyResult(
+        latency_ms=fwd[0],
+        latency_iqr_ms=fwd[1],
+        latency_fwd_bwd_ms=fwd_bwd[0],
+        latency_fwd_bwd_iqr_ms=fwd_bwd[1],
+        peak_memory_mb=peak,
+        activation_mb=activation,
+        device=str(dev),
+        repeats=repeats,
+    )
+
+
+# --- per-layer table ------------------------------------------------------------------------------------
+
+
+def _is_group(module: nn.Module) -> bool:
+    """A pure grouping container (``stages``): its children are containers, it is no unit itself."""
+    if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+        return True
+    children = list(module.children())
+    return isinstance(module, nn.Sequential) and bool(children) and all(isinstance(c, nn.Sequential) for c in children)
+
+
+def _units(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+    """The rows one level below ``module``: its children, looking through grouping containers."""
+    rows = []
+    for name, child in module.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        rows.extend(_units(child, full) if _is_group(child) else [(full, child)])
+    return rows
+
+
+def _expandable(module: nn.Module) -> bool:
+    """Expand blocks made of blocks (a stage of bottlenecks), not layers made of layers (the stem)."""
+    return any(any(True for _ in child.children()) for _, child in _units(module, ""))
+
+
+def flops_breakdown(model: nn.Module, input_shape: Sequence[int], *, depth: int = 2) -> pd.DataFrame:
+    """Per-stage / per-block table: ``module``, ``type``, ``depth``, ``params``, ``flops`` (MACs per
+    image, the :func:`count_flops` convention) and ``flops_share`` (of the model's total).
+
+    Depth-1 rows are the model's top-level units, looking through pure containers: for a
+    :class:`~gsa_search.models.GSAResNet` ``stem``, ``stages.<i>``, ``head``. Each deeper level
+    expands the rows that are made of blocks (``stages.<i>`` -> its bottlenecks ``stages.<i>.<j>``),
+    listed right after their parent. The rows of one level under a parent sum to it (an extra
+    ``'<parent> (rest)'`` row holds MACs or parameters of the parent's own code, if any), so the
+    depth-1 rows sum to the total.
+
+    Example:
+        >>> from gsa_search.models import create_model
+        >>> table = flops_breakdown(create_model("proxy_resnet"), (1, 3, 32, 32), depth=1)
+        >>> list(table["module"])
+        ['stem', 'stages.0', 'stages.1', 'stages.2', 'stages.3', 'head']
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"flops_breakdown: depth must be a positive integer, got {depth!r}")
+    model = getattr(model, "_orig_mod", model)
+    count = count_flops(model, input_shape)
+    batch = count.batch_size
+    total = count.per_image
+    rows: list[dict[str, Any]] = []
+
+    def add(parent: nn.Module, parent_name: str, level: int) -> None:
+        units = _units(parent, parent_name)
+        flops_sum = params_sum = 0
+        for name, module in units:
+            flops = round(count.by_module.get(name, 0) / batch)
+            params = count_params(module)
+            flops_sum, params_sum = flops_sum + flops, params_sum + params
+            rows.append(dict(module=name, type=type(module).__name__, depth=level, params=params, flops=flops))
+            if level < depth and _expandable(module):
+                add(module, name, level + 1)
+        rest_flops = round(count.by_module.get(parent_name, 0) / batch) - flops_sum
+        rest_params = count_params(parent) - params_sum
+        if rest_flops or rest_params:
+            rest = f"{parent_name} (rest)" if parent_name else "(rest)"
+            rows.append(dict(module=rest, type="", depth=level, params=rest_params, flops=rest_flops))
+
+    add(model, "", 1)
+    table = pd.DataFrame(rows, columns=["module", "type", "depth", "params", "flops"])
+    table["flops_share"] = table["flops"] / total if total else 0.0
+    return table

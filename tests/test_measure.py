@@ -1,0 +1,207 @@
+"""Tests of gsa_search.measure: counted FLOPs == analytic formulas == torch's FlopCounterMode / 2 for
+every registered block (parametrised over the registry), the paper reference points, scaling laws,
+the uncounted-operator list, latency/memory fields and the per-layer table."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from gsa_search.blocks import BlockConfig, block_config, create_block, list_blocks
+from gsa_search.measure import (
+    analytic_flops,
+    count_flops,
+    count_params,
+    flops_breakdown,
+    list_flop_formulas,
+    measure_latency,
+)
+from gsa_search.models import create_model
+
+SIZES = [(8, 8), (12, 10), (16, 16)]
+C_IN, C_OUT = 6, 8
+MAC_OPS = ("conv", "mm", "matmul", "einsum", "attention", "linear", "PythonOp")  # "mm": mm, bmm, addmm
+
+
+def _config(name: str, size: int) -> BlockConfig:
+    fields = {"heads": 2} if "heads" in block_config(name).to_dict() else {}
+    return block_config(name, **fields).with_feature_size(size)
+
+
+def _torch_macs(module: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(x)
+    return counter.get_total_flops() / 2  # FlopCounterMode counts a multiply-add as 2 FLOPs
+
+
+@pytest.mark.parametrize("name", list_blocks())
+def test_every_registered_block_has_a_formula(name):
+    assert name in list_flop_formulas()
+
+
+@pytest.mark.parametrize("name", list_blocks())
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("stride", [1, 2])
+def test_counted_flops_match_the_formula_and_torch(name, size, stride):
+    h, w = size
+    cfg = _config(name, max(h, w))
+    block = create_block(cfg, C_IN, C_OUT, stride=stride)
+    count = count_flops(block, (2, C_IN, h, w))
+    expected = analytic_flops(cfg, C_IN, C_OUT, h, w, stride=stride)
+    assert count.per_image == expected  # exact, so a formula drifting from its block is caught
+    assert count.total == 2 * expected
+    assert _torch_macs(block.eval(), torch.randn(2, C_IN, h, w)) == pytest.approx(count.total, rel=0.01)
+
+
+GSA_VARIANTS = {
+    "content_only": dict(positional="none"),
+    "positional_only": dict(content=False),
+    "axial_local": dict(rel_span=2),
+    "axial_no_norm": dict(axial_norm=False),
+    "2d_local_r1": dict(positional="2d", rel_span=1),
+    "2d_global": dict(positional="2d"),
+    "query_norm": dict(query_norm=True),
+    "output_proj": dict(output_proj=True, dim_value=3),
+    "dim_key_ne_dim_value": dict(dim_key=6),
+    "shared_embeddings": dict(shared_embeddings=True, heads=4),
+    "everything": dict(positional="2d", rel_span=2, query_norm=True, output_proj=True, dim_key=5, dim_value=7),
+}
+OTHER_VARIANTS = {
+    "explicit_beside": block_config("explicit", placement="beside"),
+    "mhsa_proj_dims": block_config("mhsa", heads=2, dim_key=3, dim_value=5, output_proj=True),
+    "conv_5x5_grouped": block_config("conv", kernel_size=5, groups=2),
+}
+
+
+def _gsa(variant: str, size: int) -> BlockConfig:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a global 2D window warns that it is quadratic
+        return block_config("gsa", **{"heads": 2, **GSA_VARIANTS[variant]}).with_feature_size(size)
+
+
+@pytest.mark.parametrize("variant", [*GSA_VARIANTS, *OTHER_VARIANTS])
+@pytest.mark.parametrize("size", [(8, 8), (12, 10)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("stride", [1, 2])
+def test_block_variants_match_the_formula_and_torch(variant, size, stride):
+    h, w = size
+    cfg = _gsa(variant, max(h, w)) if variant in GSA_VARIANTS else OTHER_VARIANTS[variant]
+    block = create_block(cfg, C_IN, C_OUT, stride=stride)
+    count = count_flops(block, (1, C_IN, h, w))
+    assert count.total == analytic_flops(cfg, C_IN, C_OUT, h, w, stride=stride)
+    assert _torch_macs(block.eval(), torch.randn(1, C_IN, h, w)) == pytest.approx(count.total, rel=0.01)
+
+
+@pytest.mark.parametrize("name", ["proxy_resnet", "proxy_gsa_resnet", "proxy_gsa_2d", "proxy_mhsa_resnet",
+                                  "proxy_explicit_beside"])
+def test_proxy_models_agree_with_torch_flop_counter(name):
+    model = create_model(name).eval()
+    count = count_flops(model, (2, 3, 32, 32))
+    assert _torch_macs(model, torch.randn(2, 3, 32, 32)) == pytest.approx(count.total, rel=0.01)
+    assert count.per_image * 2 == count.total
+
+
+def test_resnet50_is_about_4_1_gmacs():
+    count = count_flops(create_model("resnet50"), (1, 3, 224, 224))
+    assert 4.0e9 < count.total < 4.2e9
+    assert "multiply-accumulates" in count.convention
+
+
+def test_handles_count_broadcast_matmul_and_einsum_exactly():
+    class Ops(nn.Module):
+        def forward(self, x):  # x: (B=2, C=3, H=4, W=5)
+            k_h, k_w = torch.ones(4, 4), torch.ones(5, 5)
+            a = k_h @ x  # (H, H) @ (B, C, H, W): batch 2*3, M=K=4, N=5
+            b = x @ k_w  # batch 2*3, M=4, K=N=5
+            c = torch.ones(5) @ k_w  # 1-D @ 2-D: 5*5
+            d = torch.einsum("bchw,hk->bckw", x, k_h)  # b c h w k: 2*3*4*5*4
+            e = torch.einsum("...hw,wv->...hv", x, k_w)  # (b c) h w v: 2*3*4*5*5
+            f = torch.einsum("bchw,hk,wv->bckv", x, k_h, k_w)  # (b c h w k) then (b c k w v)
+            g = torch.einsum("bchw->bc", x)  # one operand: no multiply-adds
+            return a.sum() + b.sum() + c.sum() + d.sum() + e.sum() + f.sum() + g.sum()
+
+    count = count_flops(Ops(), (2, 3, 4, 5))
+    assert count.by_operator["matmul"] == 2 * 3 * 4 * 4 * 5 + 2 * 3 * 4 * 5 * 5 + 5 * 5
+    assert count.by_operator["einsum"] == 480 + 600 + (480 + 600)
+    assert _torch_macs(Ops(), torch.randn(2, 3, 4, 5)) == count.total
+
+
+def test_scaling_laws():
+    def count(cfg, side):
+        return count_flops(create_block(cfg.with_feature_size(side), 16, 16), (1, 16, side, side))
+
+    content = block_config("gsa", heads=2, positional="none")
+    assert count(content, 16).total == 4 * count(content, 8).total  # linear in H*W
+    axial = block_config("gsa", heads=2, content=False)
+    small, large = count(axial, 8), count(axial, 16)
+    assert large.by_module["positional"] == 8 * small.by_module["positional"]  # O(HW (H+W))
+    mhsa = block_config("mhsa", heads=2)
+    small, large = count(mhsa, 8), count(mhsa, 16)
+    attention = [c.total - c.by_module["qkv"] for c in (small, large)]
+    assert attention[1] == 16 * attention[0]  # quadratic in H*W
+
+
+def test_uncounted_lists_norms_and_softmax_and_nothing_mac_bearing():
+    count = count_flops(create_model("proxy_gsa_resnet"), (1, 3, 32, 32))
+    assert {"aten::batch_norm", "aten::softmax"} <= set(count.uncounted)
+    assert all(n > 0 for n in count.uncounted.values())
+    leaked = [op for op in count.uncounted if any(mac in op for mac in MAC_OPS)]
+    assert not leaked, f"MAC-bearing operators left uncounted: {leaked}"
+    assert "batch_norm" in count.convention and "softmax" in count.convention
+
+
+def test_count_flops_leaves_model_and_rng_alone():
+    model = create_model("proxy_gsa_content").train()
+    state = torch.get_rng_state()
+    first = count_flops(torch.compile(model), (1, 3, 32, 32))  # counts _orig_mod, compiles nothing
+    assert torch.equal(state, torch.get_rng_state())
+    assert model.training and all(m.training for m in model.modules())
+    assert first == count_flops(model, (1, 3, 32, 32))
+    with pytest.raises(ValueError, match="input_shape"):
+        count_flops(model, (1, 3, 0, 32))
+
+
+def test_analytic_flops_accepts_names_and_dicts_and_rejects_unknown_types():
+    assert analytic_flops("conv", 4, 4, 8, 8) == analytic_flops({"type": "conv"}, 4, 4, 8, 8) == 8 * 8 * 4 * 4 * 9
+    assert analytic_flops("conv", 4, 4, 7, 7, stride=2) == 4 * 4 * 4 * 4 * 9  # ceil(7/2) = 4
+    with pytest.raises(ValueError, match="known"):
+        analytic_flops({"type": "nope"}, 4, 4, 8, 8)
+
+
+def test_measure_latency_on_cpu():
+    model = create_model("proxy_gsa_resnet").eval()
+    before = {name: buf.clone() for name, buf in model.named_buffers()}
+    result = measure_latency(model, (2, 3, 32, 32), device="cpu", warmup=1, repeats=3)
+    assert result.device == "cpu" and result.repeats == 3
+    assert result.latency_ms > 0 and result.latency_fwd_bwd_ms > 0
+    assert result.latency_iqr_ms >= 0 and result.latency_fwd_bwd_iqr_ms >= 0
+    assert result.peak_memory_mb is None
+    assert result.activation_mb > 0
+    assert not model.training and not any(m.training for m in model.modules())  # mode restored
+    assert all(torch.equal(before[name], buf) for name, buf in model.named_buffers())  # BN stats too
+    assert all(p.grad is None for p in model.parameters())
+    double = measure_latency(model, (4, 3, 32, 32), device="cpu", warmup=0, repeats=1, backward=False)
+    assert double.latency_fwd_bwd_ms is None
+    assert double.activation_mb / result.activation_mb == pytest.approx(2.0, rel=0.2)
+
+
+def test_flops_breakdown_rows_sum_to_the_totals():
+    model = create_model("proxy_gsa_resnet", stage_blocks=(2, 1, 1, 1))
+    count = count_flops(model, (2, 3, 32, 32))
+    table = flops_breakdown(model, (2, 3, 32, 32), depth=2)
+    assert list(table.columns[:2]) == ["module", "type"] and {"params", "flops", "flops_share"} <= set(table.columns)
+    top = table[table["depth"] == 1]
+    assert list(top["module"]) == ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"]
+    assert top["flops"].sum() == count.per_image
+    assert top["params"].sum() == count_params(model)
+    assert top["flops_share"].sum() == pytest.approx(1.0)
+    blocks = table[table["module"].str.startswith("stages.0.")]
+    assert list(blocks["module"]) == ["stages.0.0", "stages.0.1"] and set(blocks["type"]) == {"Bottleneck"}
+    stage = table.set_index("module").loc["stages.0"]
+    assert blocks["flops"].sum() == stage["flops"] and blocks["params"].sum() == stage["params"]
+    shallow = flops_breakdown(model, (1, 3, 32, 32), depth=1)
+    assert list(shallow["module"]) == list(top["module"])
+    assert list(shallow["flops"]) == list(top["flops"])  # per image, whatever the batch
