@@ -8,9 +8,10 @@ plain dict of JSON-compatible values (what sweeps store and reports show).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Iterable, TypeVar
 
-__all__ = ["ConfigMixin", "check_choice", "check_positive_int", "check_positive"]
+__all__ = ["ConfigMixin", "check_bool", "check_choice", "check_positive_int", "check_positive", "check_range"]
 
 C = TypeVar("C", bound="ConfigMixin")
 
@@ -60,8 +61,17 @@ def check_positive_int(owner: str, field: str, value: Any, *, allow_none: bool =
 
 
 def check_positive(owner: str, field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{owner}.{field} must be a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{owner}.{field} must be a positive finite number, got {value!r}")
+
+
+def check_range(owner: str, field: str, value: Any, low: float, high: float, *, high_inclusive: bool = False) -> None:
+    """``low <= value < high`` (``<= high`` with ``high_inclusive``), a finite real number."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and low <= value and (value <= high if high_inclusive else value < high)
+    if not ok:
+        bracket = "]" if high_inclusive else ")"
+        raise ValueError(f"{owner}.{field} must be a number in [{low}, {high}{bracket}, got {value!r}")
 
 
 def check_choice(owner: str, field: str, value: Any, allowed: Iterable[Any]) -> None:

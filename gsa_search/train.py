@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Union
@@ -27,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import metrics as M
-from .config import ConfigMixin, check_bool, check_choice, check_positive, check_positive_int
+from .config import ConfigMixin, check_bool, check_choice, check_positive, check_positive_int, check_range
 from .models import GSAResNet, ModelConfig
 
 __all__ = [
@@ -82,20 +83,16 @@ class Recipe(ConfigMixin):
         check_choice("recipe", "schedule", self.schedule, ("cosine", "onecycle", "constant"))
         check_choice("recipe", "precision", self.precision, ("auto", "fp32", "bf16"))
         check_positive("recipe", "lr", self.lr)
-        for field in ("momentum", "weight_decay", "warmup_epochs"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"recipe.{field} must be a number >= 0, got {value!r}")
-        if self.momentum >= 1:
-            raise ValueError(f"recipe.momentum must be < 1, got {self.momentum}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"recipe.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        check_range("recipe", "momentum", self.momentum, 0, 1)
+        check_range("recipe", "label_smoothing", self.label_smoothing, 0, 1)
+        check_range("recipe", "weight_decay", self.weight_decay, 0, math.inf)
+        check_range("recipe", "warmup_epochs", self.warmup_epochs, 0, self.epochs, high_inclusive=True)
         for field in ("augment", "channels_last", "compile"):
             check_bool("recipe", field, getattr(self, field))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"recipe.seed must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.device, str) or not (
-            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+            self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)
         ):
             raise ValueError(f"recipe.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
@@ -300,9 +297,12 @@ def train(
             raise DivergenceError(epoch, bad, float(losses[bad].item()))
         train_time += time.perf_counter() - tic
         metrics = {M.EPOCH: epoch, M.TRAIN_LOSS: float(losses.mean().item())}
-        metrics.update(
-            evaluate(step_model, feed.val_batches(), num_classes=data.num_classes, autocast=autocast, device=device)
-        )
+        try:
+            metrics.update(
+                evaluate(step_model, feed.val_batches(), num_classes=data.num_classes, autocast=autocast, device=device)
+            )
+        except torch.cuda.OutOfMemoryError as exc:
+            raise OutOfMemoryError(recipe.eval_batch_size, str(device), "evaluation: " + str(exc).splitlines()[0]) from None
         metrics[M.TRAIN_TIME_S] = train_time
         history.append(metrics)
         if ckpt_path is not None:
@@ -317,7 +317,7 @@ def train(
 
     final = dict(history[-1])
     final.pop(M.EPOCH)
-    images = feed.steps_per_epoch * recipe.batch_size * recipe.epochs
+    images = feed.images_per_epoch * recipe.epochs
     final.update({
         M.PARAMS: params,
         M.FLOPS: flops,
@@ -347,6 +347,7 @@ class _Feed:
         size = len(data.train_x) if self.resident else len(data.train_dataset)
         self.drop_last = size >= recipe.batch_size
         self.steps_per_epoch = size // recipe.batch_size if self.drop_last else 1
+        self.images_per_epoch = self.steps_per_epoch * recipe.batch_size if self.drop_last else size
 
     def train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from .data import augment, batches
