@@ -114,7 +114,7 @@ def test_shared_embeddings_have_one_table():
         ),
         (lambda: block_config("conv", kernel_size=2), r"conv\.kernel_size must be odd"),
         (lambda: create_block(ConvConfig(groups=3), 8, 8), r"conv\.groups=3 must divide"),
-        (lambda: block_config("explicit", init_radius=0), r"explicit\.init_radius must be a positive number"),
+        (lambda: block_config("explicit", init_radius=0), r"explicit\.init_radius must be a positive finite number"),
         (lambda: block_config("explicit", placement="after"), r"explicit\.placement must be one of"),
         (lambda: block_config("mhsa", heads=-2), r"mhsa\.heads must be a positive integer"),
         (lambda: block_config("nope"), r"unknown block 'nope'; known: conv, explicit, gsa, mhsa"),

@@ -153,7 +153,7 @@ def test_input_larger_than_the_model_was_built_for_is_rejected():
         (lambda: ModelConfig(stage_blocks=(1, 1), mixers=("conv",) * 3), "one per stage"),
         (lambda: ModelConfig(stem="vit"), r"model\.stem must be one of 'cifar', 'imagenet'"),
         (lambda: ModelConfig(num_classes=1), r"model\.num_classes must be an integer >= 2"),
-        (lambda: ModelConfig(width_multiplier=0), r"model\.width_multiplier must be a positive number"),
+        (lambda: ModelConfig(width_multiplier=0), r"model\.width_multiplier must be a positive finite number"),
         (lambda: ModelConfig(width_multiplier=0.001), "leaves no channels"),
         (lambda: ModelConfig.from_dict({"depth": 50}), r"unknown field\(s\) depth"),
         (lambda: ModelConfig(mixers="transformer"), r"unknown block 'transformer'"),

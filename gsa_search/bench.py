@@ -1,0 +1,180 @@
+"""Block benchmark: time and memory of every spatial mixer vs resolution, measured side by side.
+
+Status: stable. A benchmark, not a test: this machine class is shared and noisy (single runs vary by
+up to 2x), so every candidate is timed in interleaved rounds (round 1: all blocks, round 2: all
+blocks, ...) and the median over rounds is reported; ratios are only ever taken within one run.
+
+Setup (defaults follow the GSA speed target): batch 8, 64 channels, 4 heads, ``dim_key`` 16,
+forward + backward, float32 on CPU; on CUDA bf16 autocast and batch 64. Candidates: the 3x3 conv,
+GSA (content + global axial), its content-only, positional-only and local 2D (r=3) variants,
+explicit attention, full softmax attention (up to ``--mhsa-max-size``, it is quadratic) and, when
+the optional ``gsa-pytorch`` package is installed (``pip install gsa-search[bench]``), its ``GSA``
+module configured the same way (global relative span, content + positional).
+
+``python -m gsa_search.bench --sizes 16 32 64 --out reports/bench`` writes ``blocks.csv`` and
+``blocks.png`` (time and memory vs resolution) and prints the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .blocks import block_config, create_block
+from .measure import count_flops, measure_latency
+
+__all__ = ["candidates", "bench_blocks", "bench_ratios", "plot_bench", "main"]
+
+
+def candidates(size: int, *, channels: int, heads: int, dim_key: int) -> dict[str, Callable[[], nn.Module]]:
+    """Builders of every benchmarked module for ``size`` x ``size`` maps with ``channels`` in and out."""
+    gsa = block_config("gsa", heads=heads, dim_key=dim_key, feature_size=size)
+    out: dict[str, Callable[[], nn.Module]] = {
+        "conv": lambda: create_block("conv", channels, channels),
+        "gsa": lambda: create_block(gsa, channels, channels),
+        "gsa_content": lambda: create_block(gsa.replace(positional="none"), channels, channels),
+        "gsa_positional": lambda: create_block(gsa.replace(content=False), channels, channels),
+        "gsa_2d_r3": lambda: create_block(gsa.replace(positional="2d", rel_span=min(3, size - 1)), channels, channels),
+        "explicit": lambda: create_block("explicit", channels, channels),
+        "mhsa": lambda: create_block(block_config("mhsa", heads=heads, dim_key=dim_key), channels, channels),
+    }
+    try:
+        from gsa_pytorch import GSA  # optional reference implementation
+    except ImportError:
+        return out
+    out["gsa_pytorch"] = lambda: GSA(channels, dim_out=channels, heads=heads, dim_key=dim_key, rel_pos_length=size)
+    return out
+
+
+def bench_blocks(
+    sizes: tuple[int, ...] = (16, 32, 64),
+    *,
+    batch: int | None = None,
+    channels: int = 64,
+    heads: int = 4,
+    dim_key: int = 16,
+    device: str = "auto",
+    rounds: int = 5,
+    repeats: int = 2,
+    mhsa_max_size: int = 32,
+    include: tuple[str, ...] | None = None,
+) -> pd.DataFrame:
+    """One row per (block, size): medians over interleaved rounds of forward and forward+backward."""
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    cuda = dev.type == "cuda"
+    batch = batch or (64 if cuda else 8)
+    autocast_dtype = torch.bfloat16 if cuda else None
+    rows = []
+    for size in sizes:
+        builders = candidates(size, channels=channels, heads=heads, dim_key=dim_key)
+        names = [n for n in builders if (include is None or n in include) and not (n == "mhsa" and size > mhsa_max_size)]
+        torch.manual_seed(0)
+        models = {name: builders[name]() for name in names}
+        shape = (batch, channels, size, size)
+        samples: dict[str, list] = {name: [] for name in names}
+        for _ in range(rounds):
+            for name in names:
+                samples[name].append(
+                    measure_latency(models[name], shape, device=str(dev), warmup=1, repeats=repeats,
+                                    autocast_dtype=autocast_dtype)
+                )
+        for name in names:
+            results = samples[name]
+            rows.append({
+                "block": name,
+                "size": size,
+                "batch": batch,
+                "fwd_ms": float(pd.Series([r.latency_ms for r in results]).median()),
+                "fwd_bwd_ms": float(pd.Series([r.latency_fwd_bwd_ms for r in results]).median()),
+                "activation_mb": results[-1].activation_mb,
+                "peak_memory_mb": results[-1].peak_memory_mb,
+                "flops": count_flops(models[name], (1, channels, size, size)).total,
+                "params": sum(p.numel() for p in models[name].parameters()),
+                "device": str(dev),
+            })
+        del models
+    return pd.DataFrame(rows)
+
+
+def bench_ratios(table: pd.DataFrame) -> pd.DataFrame:
+    """Per size: every block's forward+backward time over the conv's, and gsa-pytorch's over ours."""
+    times = table.pivot(index="size", columns="block", values="fwd_bwd_ms")
+    out = pd.DataFrame(index=times.index)
+    for name in times.columns:
+        if name != "conv":
+            out[f"{name}/conv"] = times[name] / times["conv"]
+    if "gsa_pytorch" in times.columns:
+        out["gsa_pytorch/gsa"] = times["gsa_pytorch"] / times["gsa"]
+        memory = table.pivot(index="size", columns="block", values="activation_mb")
+        out["gsa_pytorch/gsa activation memory"] = memory["gsa_pytorch"] / memory["gsa"]
+    return out
+
+
+def plot_bench(table: pd.DataFrame, path: str | Path) -> Path:
+    """Time and memory vs resolution, one line per block (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    memory_col = "peak_memory_mb" if table["peak_memory_mb"].notna().all() else "activation_mb"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, group in table.groupby("block"):
+        axes[0].plot(group["size"], group["fwd_bwd_ms"], marker="o", label=name)
+        axes[1].plot(group["size"], group[memory_col], marker="o", label=name)
+    device = table["device"].iloc[0]
+    axes[0].set(xlabel="feature map side", ylabel="forward+backward (ms, median)", yscale="log",
+                title=f"time, batch {table['batch'].iloc[0]}, {device}")
+    label = "peak CUDA memory (MB)" if memory_col == "peak_memory_mb" else "activations saved for backward (MB)"
+    axes[1].set(xlabel="feature map side", ylabel=label, yscale="log", title="memory")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gsa-search bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--batch", type=int, default=None, help="default: 8 on CPU, 64 on CUDA")
+    parser.add_argument("--channels", type=int, default=64)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--dim-key", type=int, default=16)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--mhsa-max-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", default="reports/bench")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    table = bench_blocks(
+        tuple(args.sizes), batch=args.batch, channels=args.channels, heads=args.heads, dim_key=args.dim_key,
+        device=args.device, rounds=args.rounds, repeats=args.repeats, mhsa_max_size=args.mhsa_max_size,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "blocks.csv", index=False)
+    plot_bench(table, out / "blocks.png")
+    ratios = bench_ratios(table)
+    ratios.to_csv(out / "ratios.csv")
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, device {table['device'].iloc[0]}")
+    print(table.drop(columns=["device"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print("\nratios (forward+backward time, medians of interleaved rounds):")
+    print(ratios.to_string(float_format=lambda v: f"{v:.2f}"))
+    print(f"\nwrote {out / 'blocks.csv'}, {out / 'ratios.csv'}, {out / 'blocks.png'}")
+
+
+if __name__ == "__main__":
+    main()
