@@ -1,0 +1,58 @@
+"""The benchmark and demo commands run end to end on tiny sizes, so they cannot rot.
+
+They are benchmarks, not tests: nothing here asserts a timing, only that the commands work and write
+what they promise with sane contents."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from gsa_search import bench, bench_train, demo
+from gsa_search.measure import count_flops
+
+
+def test_block_benchmark_writes_csv_plot_and_ratios(tmp_path, capsys):
+    bench.main(["--sizes", "6", "8", "--batch", "2", "--channels", "8", "--heads", "2", "--dim-key", "4",
+                "--rounds", "1", "--repeats", "1", "--out", str(tmp_path)])
+    table = pd.read_csv(tmp_path / "blocks.csv")
+    assert {"conv", "gsa", "gsa_content", "gsa_positional", "gsa_2d_r3", "explicit", "mhsa"} <= set(table["block"])
+    assert set(table["size"]) == {6, 8}
+    assert (table["fwd_bwd_ms"] > 0).all() and (table["activation_mb"] > 0).all()
+    assert (tmp_path / "blocks.png").stat().st_size > 0
+    ratios = pd.read_csv(tmp_path / "ratios.csv", index_col=0)
+    assert "gsa/conv" in ratios.columns
+    # FLOPs in the table are the measurement API's, per image
+    conv = table[(table.block == "conv") & (table["size"] == 8)].iloc[0]
+    assert conv["flops"] == 8 * 8 * 8 * 8 * 9
+    assert "ratios" in capsys.readouterr().out
+
+
+def test_bench_ratios_divide_by_the_conv_row():
+    table = pd.DataFrame({"block": ["conv", "gsa"], "size": [8, 8], "fwd_bwd_ms": [2.0, 5.0],
+                          "activation_mb": [1.0, 2.0]})
+    assert bench.bench_ratios(table).loc[8, "gsa/conv"] == pytest.approx(2.5)
+
+
+def test_trainer_overhead_benchmark_runs():
+    result = bench_train.trainer_overhead("proxy_resnet", rounds=1, device="cpu")
+    assert result["train_epoch_s"] > 0 and result["bare_epoch_s"] > 0
+
+
+def test_demo_trains_and_writes_results(tmp_path, capsys):
+    demo.main(["--models", "proxy_resnet", "proxy_gsa_content", "--epochs", "1", "--out", str(tmp_path)])
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert list(table["model"]) == ["proxy_resnet", "proxy_gsa_content"]
+    assert table["accuracy"].between(0, 1).all() and (table["flops"] > 0).all()
+    assert "multiply-accumulates" in capsys.readouterr().out
+
+
+def test_count_flops_is_what_the_trainer_reports():
+    from gsa_search.models import create_model
+    from gsa_search.train import Recipe, train
+    from gsa_search.data import load_dataset
+
+    data = load_dataset("synthetic", num_samples=32, num_classes=3, image_size=8, in_channels=1)
+    result = train(create_model("proxy_resnet").cfg, Recipe(epochs=1, batch_size=16, device="cpu"), data)
+    model = create_model("proxy_resnet", num_classes=3, in_channels=1, image_size=8)
+    assert result["flops"] == count_flops(model, (1, 1, 8, 8)).per_image
