@@ -183,6 +183,12 @@ def _relative_axis_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
     return Counter({"relative_axis_attention": n * length * seqs * length_a * (d_k + d_v)})
 
 
+def _projection_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
+    """``blocks.gsa.PointwiseProjection``: a 1x1 convolution, ``B*H*W*C_in*C_out``."""
+    x, weight = _shape(inputs[0]), _shape(inputs[1])
+    return Counter({"pointwise_projection": math.prod(x) * weight[0]})
+
+
 def _fvcore_handles() -> dict[str, Callable[[list[Any], list[Any]], Any]]:
     from fvcore.nn.jit_handles import addmm_flop_jit, conv_flop_jit, linear_flop_jit
 
@@ -198,6 +204,7 @@ def _fvcore_handles() -> dict[str, Callable[[list[Any], list[Any]], Any]]:
         "aten::scaled_dot_product_attention": _sdpa_macs,
         # custom autograd functions are traced as one opaque node named after the class
         "prim::PythonOp._RelativeAxisAttention": _relative_axis_macs,
+        "prim::PythonOp._Projection": _projection_macs,
     }
 
 

@@ -352,6 +352,16 @@ def _qv(h, w, seed=0):
     return _randn(B, HEADS, DK, h, w), _randn(B, HEADS, DV, h, w)
 
 
+def run_positional(module, q, v):
+    """A positional module on ``(B, N, d, H, W)`` tensors (it reads channels last, ``(B, H, W, N, d)``)."""
+    return module(q.permute(0, 3, 4, 1, 2), v.permute(0, 3, 4, 1, 2))
+
+
+def run_content(module, q, k, v):
+    """Content attention on ``(B, N, d, L)`` tensors (it reads channels last, ``(B, L, N, d)``)."""
+    return module(*(t.permute(0, 3, 1, 2) for t in (q, k, v)))
+
+
 def assert_matches(actual, expected, tol=EXACT):
     assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     torch.testing.assert_close(actual, expected.to(actual.dtype), **tol)
@@ -370,7 +380,7 @@ def test_content_attention_matches_naive(query_norm, size):
     q, k = _randn(B, HEADS, DK, h, w), _randn(B, HEADS, DK, h, w) * 2
     v = _randn(B, HEADS, DV, h, w)
     module = ContentAttention(query_norm=query_norm).double()
-    out = module(q.flatten(-2), k.flatten(-2), v.flatten(-2))
+    out = run_content(module, q.flatten(-2), k.flatten(-2), v.flatten(-2))
     assert_matches(out.view(B, HEADS, DV, h, w), ref_content(q, k, v, query_norm=query_norm))
 
 
@@ -379,7 +389,7 @@ def test_content_attention_has_no_scale_and_is_not_query_normalised_by_default()
     torch.manual_seed(2)
     q, k, v = _randn(1, HEADS, DK, 6), _randn(1, HEADS, DK, 6), _randn(1, HEADS, DV, 6)
     module = ContentAttention().double()
-    assert_matches(module(3.0 * q, k, v), 3.0 * module(q, k, v))
+    assert_matches(run_content(module, 3.0 * q, k, v), 3.0 * run_content(module, q, k, v))
 
 
 @pytest.mark.parametrize("query_norm", [False, True])
@@ -415,7 +425,7 @@ def test_axial_without_norm_matches_naive(span, h, w, shared):
     assert module.rel_row.shape == module.rel_col.shape
     q, v = _qv(h, w, seed=11)
     expected = ref_axial(q, v, module.rel_col.detach(), module.rel_row.detach())
-    assert_matches(module(q, v), expected)
+    assert_matches(run_positional(module, q, v), expected)
 
 
 @pytest.mark.parametrize("span,h,w", [(4, 5, 4), (1, 5, 4), (6, 5, 4)])
@@ -428,7 +438,7 @@ def test_axial_with_eval_batch_norm_matches_naive(span, h, w, shared):
     q, v = _qv(h, w, seed=14)
     expected = ref_axial(q, v, module.rel_col.detach(), module.rel_row.detach(), bn=module.norm)
     with torch.no_grad():
-        assert_matches(module(q, v), expected)
+        assert_matches(run_positional(module, q, v), expected)
 
 
 @pytest.mark.parametrize("span,h,w", [(4, 5, 4), (1, 5, 4)])
@@ -439,7 +449,7 @@ def test_axial_with_train_batch_norm_uses_batch_statistics(span, h, w):
     module.train()
     q, v = _qv(h, w, seed=17)
     expected = ref_axial(q, v, module.rel_col.detach(), module.rel_row.detach(), bn=module.norm)
-    assert_matches(module(q, v), expected)
+    assert_matches(run_positional(module, q, v), expected)
 
 
 def test_axial_column_and_row_steps_are_not_interchangeable():
@@ -449,7 +459,7 @@ def test_axial_column_and_row_steps_are_not_interchangeable():
     module = AxialPositionalAttention(heads=HEADS, dim_key=DK, dim_value=DV, span=3, norm=False).double()
     q, v = _qv(4, 4, seed=19)
     rc, rr = module.rel_col.detach(), module.rel_row.detach()
-    out = module(q, v).detach()
+    out = run_positional(module, q, v).detach()
     assert not torch.allclose(out, ref_axial(q, v, rr, rc), atol=1e-3)
     assert not torch.allclose(out, ref_axial(q, v, rc.flip(1), rr.flip(1)), atol=1e-3)
     assert_matches(out, ref_axial(q, v, rc, rr))
@@ -495,7 +505,7 @@ def test_positional_2d_matches_naive(span, h, w, geometry, shared):
     module = Positional2DAttention(heads=HEADS, dim_key=DK, span=span, shared=shared).double()
     assert module.rel.shape == ((1 if shared else HEADS), 2 * span + 1, 2 * span + 1, DK)
     q, v = _qv(h, w, seed=21)
-    assert_matches(module(q, v), ref_positional_2d(q, v, module.rel.detach()))
+    assert_matches(run_positional(module, q, v), ref_positional_2d(q, v, module.rel.detach()))
 
 
 def test_positional_2d_offsets_are_not_transposed_or_flipped():
@@ -503,7 +513,7 @@ def test_positional_2d_offsets_are_not_transposed_or_flipped():
     module = Positional2DAttention(heads=HEADS, dim_key=DK, span=1).double()
     q, v = _qv(5, 4, seed=23)
     rel = module.rel.detach()
-    out = module(q, v).detach()
+    out = run_positional(module, q, v).detach()
     assert not torch.allclose(out, ref_positional_2d(q, v, rel.transpose(1, 2)), atol=1e-3)
     assert not torch.allclose(out, ref_positional_2d(q, v, rel.flip(1, 2)), atol=1e-3)
 
@@ -525,9 +535,10 @@ def test_positional_gradients_match_finite_differences(kind, span, h, w):
 
 
 def _functional(module, args):
-    """``module(q, v)`` with its embedding tables replaced by ``args[2:]`` (differentiable)."""
+    """``run_positional(module, q, v)`` with its embedding tables replaced by ``args[2:]`` (differentiable)."""
     q, v, *tables = args
     names = [name for name, _ in module.named_parameters()]
+    q, v = q.permute(0, 3, 4, 1, 2), v.permute(0, 3, 4, 1, 2)  # the modules work channels last
     return torch.func.functional_call(module, dict(zip(names, tables)), (q, v))
 
 
@@ -580,6 +591,32 @@ def test_gsa_block_matches_naive(positional, axial_norm, rel_span, output_proj, 
         expected = ref_avg_pool_2x2_ceil(expected)
     with torch.no_grad():
         assert_matches(block(x), expected)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(positional="axial"),  # content + axial with train-mode batch norm: the paper's block
+        dict(positional="axial", query_norm=True, shared_embeddings=True, axial_norm=False),
+        dict(positional="2d", rel_span=1),
+        dict(positional="none"),
+        dict(content=False, positional="axial", rel_span=1),
+    ],
+    ids=["paper", "qnorm-shared", "2d-local", "content", "axial-local"],
+)
+def test_gsa_block_gradients_match_finite_differences(fields):
+    """The whole block's backward (projection, content, positional kernels, the norm between the
+    axial steps) against float64 finite differences, for the input and every parameter."""
+    torch.manual_seed(31)
+    block = _gsa_block(3, HEADS * DV, 1, dim_value=DV, feature_size=5, **fields).train()
+    x = _randn(2, 3, 5, 4).requires_grad_(True)
+    names = [name for name, _ in block.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for _, p in block.named_parameters())
+
+    def run(x, *tables):
+        return torch.func.functional_call(block, dict(zip(names, tables)), (x,))
+
+    assert torch.autograd.gradcheck(run, (x,) + params, eps=1e-6, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,20 +1,25 @@
-"""Relative attention along one axis, the kernel of GSA's axial positional attention.
+"""Relative attention along one axis, the kernel of GSA's positional attention.
 
-Status: stable; checked by gradcheck and against the einsum definition in the tests.
+Status: stable; checked by gradcheck and against plain-loop references in the tests.
 
-``out[n, s, i] = sum_a (q[n, i, s] . emb[n, i, a]) v[n, s, a]`` for ``N`` heads, ``S`` independent
-sequences (batch x the other axis) of length ``L``, with ``emb`` the relative embeddings expanded
-to absolute pairs (zero outside the span). Queries come position-major, ``(N, L, S, d_k)``, the
-layout in which the logits are one batched matmul per ``(head, position)``; values and output come
-sequence-major, ``(N, S, L, d)``.
+``out[n, s, i] = base[n, s, i] + sum_a (q[n, i, s] . emb[n, i, a]) v[n, s, a]`` for ``N`` heads,
+``S`` independent sequences (batch x the other axis) of length ``L``, with ``emb`` the relative
+embeddings expanded to absolute pairs (zero outside the span). Queries come position-major,
+``(N, L, S, d_k)``, the layout in which the logits are one batched matmul per ``(head, position)``;
+values, ``base`` and the output come sequence-major, ``(N, S, L, d)`` (or, for the output and
+``base``, ``(N, S, d_v, L)``: the layout of an NCHW map, so a block's last step writes its result
+without a transpose).
+
+The operands may be strided views (of a channels-last projection, say): any layout works in which
+each ``(S, d_k)`` / ``(L, d_v)`` matrix is row- or column-major, which batched BLAS reads in place,
+so callers pass views and nothing is permuted through memory here, forward or backward.
 
 Why a custom autograd function: the two contractions want different layouts of the ``(L_i, L_a)``
 logits (batched over ``(head, i)`` to compute them, over ``(head, sequence)`` to apply them), and
 ``einsum`` reconciles them with full copies of the logits and, in backward, with per-matrix copies
 of non-BLAS-compatible operands. Here every batched matmul reads the logits in place through
-strided views that BLAS accepts, forward and backward, and the logits are processed in cache-sized
-chunks and recomputed in backward instead of stored: about 3x less time than ``einsum`` at 64x64
-on a CPU, and no logits among the activations kept for backward.
+strided views, and the logits are processed in cache-sized chunks and recomputed in backward
+instead of stored: no logits among the activations kept for backward.
 """
 
 from __future__ import annotations
@@ -25,8 +30,7 @@ __all__ = ["relative_axis_attention"]
 
 
 # Logits are formed and consumed in chunks of sequences holding about this many elements (2 MiB of
-# float32): a chunk stays in cache between the matmul that writes it and the one that reads it, so
-# the (L x L) logits never travel through memory, and none are kept for backward (recomputed there).
+# float32): a chunk stays in cache between the matmul that writes it and the one that reads it.
 CHUNK_ELEMENTS = 1 << 19
 
 
@@ -35,37 +39,93 @@ def _chunks(sequences: int, length: int) -> list[slice]:
     return [slice(start, min(sequences, start + size)) for start in range(0, sequences, size)]
 
 
+def _blas_ok(t: torch.Tensor) -> bool:
+    """Whether every matrix of a batch is row- or column-major (what batched BLAS reads in place)."""
+    s0, s1 = t.stride(-2), t.stride(-1)
+    return (s1 == 1 and s0 >= max(1, t.shape[-1])) or (s0 == 1 and s1 >= max(1, t.shape[-2]))
+
+
+def _blas(t: torch.Tensor) -> torch.Tensor:
+    return t if _blas_ok(t) else t.contiguous()
+
+
+def _bmm_into(dest: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``dest = a @ b``, written in place when ``dest`` is contiguous (BLAS writes only those fast)."""
+    if dest.is_contiguous():
+        torch.bmm(a, b, out=dest)
+    else:
+        dest.copy_(torch.bmm(a, b))
+
+
 class _RelativeAxisAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qt: torch.Tensor, v: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        # qt: (N, L_i, S, d_k); v: (N, S, L, d_v); emb: (N, L_i, L_a, d_k)
+    def forward(ctx, qt, v, emb, base, transpose_out: bool):  # type: ignore[override]
+        # qt: (N, L_i, S, d_k); v: (N, S, L, d_v); emb: (N, L_i, L_a, d_k); base: like out or None
         n, length, s, _ = qt.shape
+        d_v = v.shape[-1]
         keys = emb.transpose(2, 3)  # (N, L_i, d_k, L_a)
-        out = v.new_empty(n, s, length, v.shape[-1])
+        out = v.new_empty((n, s, d_v, length) if transpose_out else (n, s, length, d_v))
         for h in range(n):
             for part in _chunks(s, length):
                 logits = torch.bmm(qt[h, :, part], keys[h])  # (L_i, S_c, L_a)
-                torch.bmm(logits.transpose(0, 1), v[h, part], out=out[h, part])  # (S_c, L_i, d_v)
+                if transpose_out:  # out^T = V^T A^T: (S_c, d_v, L_a) @ (S_c, L_a, L_i)
+                    a, b = v[h, part].transpose(1, 2), logits.permute(1, 2, 0)
+                else:  # out = A V: (S_c, L_i, L_a) @ (S_c, L_a, d_v)
+                    a, b = logits.transpose(0, 1), v[h, part]
+                if base is None:
+                    torch.bmm(a, b, out=out[h, part])
+                else:
+                    torch.baddbmm(base[h, part], a, b, out=out[h, part])
+        ctx.has_base, ctx.transpose_out = base is not None, transpose_out
         ctx.save_for_backward(qt, v, emb)
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad):  # type: ignore[override]
         qt, v, emb = ctx.saved_tensors
         n, length, s, _ = qt.shape
-        grad = grad.contiguous()
         keys = emb.transpose(2, 3)
-        d_qt, d_v, d_emb = torch.empty_like(qt), torch.empty_like(v), torch.zeros_like(emb)
+        # gradients in the kernel's own contiguous layouts, which BLAS writes in place; autograd hands
+        # them back through the callers' views
+        d_qt = qt.new_empty(qt.shape)
+        d_v = v.new_empty(v.shape)
+        d_emb = torch.zeros_like(emb)
         for h in range(n):
             for part in _chunks(s, length):
-                attn = torch.bmm(qt[h, :, part], keys[h]).transpose(0, 1)  # (S_c, L_i, L_a), recomputed
-                torch.bmm(attn.transpose(1, 2), grad[h, part], out=d_v[h, part])
-                d_logits = torch.bmm(grad[h, part], v[h, part].transpose(1, 2)).transpose(0, 1)  # (L_i, S_c, L_a)
-                torch.bmm(d_logits, emb[h], out=d_qt[h, :, part])
+                g = grad[h, part]
+                g = _blas(g.transpose(1, 2) if ctx.transpose_out else g)  # (S_c, L_i, d_v)
+                # the logits, recomputed, and their gradient are copied once to the layout each
+                # product reads with a short leading dimension (a strided read costs more than a copy)
+                attn = torch.bmm(qt[h, :, part], keys[h]).transpose(0, 1)  # (S_c, L_i, L_a)
+                _bmm_into(d_v[h, part], attn.transpose(1, 2), g)
+                d_logits = torch.bmm(g, v[h, part].transpose(1, 2)).transpose(0, 1)  # (L_i, S_c, L_a)
+                _bmm_into(d_qt[h, :, part], d_logits, emb[h])
                 d_emb[h].baddbmm_(d_logits.transpose(1, 2), qt[h, :, part])
-        return d_qt, d_v, d_emb
+        return d_qt, d_v, d_emb, (grad if ctx.has_base else None), None
 
 
-def relative_axis_attention(qt: torch.Tensor, v: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """``(N, L, S, d_k), (N, S, L, d_v), (N, L, L, d_k) -> (N, S, L, d_v)``; see the module docstring."""
-    return _RelativeAxisAttention.apply(qt.contiguous(), v.contiguous(), emb.contiguous())
+def relative_axis_attention(
+    qt: torch.Tensor,
+    v: torch.Tensor,
+    emb: torch.Tensor,
+    base: torch.Tensor | None = None,
+    *,
+    transpose_out: bool = False,
+) -> torch.Tensor:
+    """``(N, L, S, d_k), (N, S, L, d_v), (N, L, L, d_k)[, base] -> (N, S, L, d_v)``, contiguous.
+
+    With ``transpose_out`` the result (and ``base``) is ``(N, S, d_v, L)`` instead: positions
+    innermost, the layout of an NCHW map. See the module docstring.
+    """
+    n, length, s, _ = qt.shape
+    if v.shape[:3] != (n, s, length) or emb.shape[:3] != (n, length, length) or emb.shape[3] != qt.shape[3]:
+        raise ValueError(
+            f"relative_axis_attention: shapes q {tuple(qt.shape)}, v {tuple(v.shape)}, emb {tuple(emb.shape)} "
+            "do not fit (N, L, S, d_k), (N, S, L, d_v), (N, L, L, d_k)"
+        )
+    qt = qt if _blas_ok(qt[0]) else qt.contiguous()
+    v = v if _blas_ok(v[0]) else v.contiguous()
+    out_shape = (n, s, v.shape[-1], length) if transpose_out else (n, s, length, v.shape[-1])
+    if base is not None and tuple(base.shape) != out_shape:
+        raise ValueError(f"relative_axis_attention: base {tuple(base.shape)} does not match the output {out_shape}")
+    return _RelativeAxisAttention.apply(qt, v, emb.contiguous(), base, transpose_out)

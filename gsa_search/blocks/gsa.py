@@ -26,6 +26,7 @@ backbone builder fills it in per stage.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Union
 
@@ -39,6 +40,7 @@ from .base import BlockConfig, SpatialMixer, downsample_pool, head_dims, registe
 __all__ = [
     "GSAConfig",
     "GSABlock",
+    "PointwiseProjection",
     "ContentAttention",
     "AxialPositionalAttention",
     "Positional2DAttention",
@@ -144,28 +146,101 @@ def relative_to_absolute(rel: torch.Tensor, length: int, span: int) -> torch.Ten
     return offsets.unfold(1, length, 1).flip(1).transpose(2, 3)  # (E, L_i, L_a, d)
 
 
+class _Projection(torch.autograd.Function):
+    """``x (B, C, H, W)`` -> one channels-last ``(B, H, W, C_j)`` tensor per row block ``W_j`` of
+    ``weight (sum C_j, C)``; the input gradient comes back NCHW, as ``x`` is."""
+
+    @staticmethod
+    def forward(ctx, x, weight, splits):  # type: ignore[override]
+        b, c, h, w = x.shape
+        xt = x.flatten(2).transpose(1, 2)  # (B, L, C): a view, BLAS reads it in place
+        outs = tuple(
+            torch.bmm(xt, part.t().expand(b, -1, -1)).view(b, h, w, -1) for part in weight.view(-1, c).split(splits)
+        )
+        ctx.save_for_backward(x, weight)
+        ctx.splits = splits
+        return outs
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        b, c, h, w = x.shape
+        xt = x.flatten(2).transpose(1, 2)
+        d_x = None  # NCHW, (B, C, L)
+        d_weight = []
+        for part, grad in zip(weight.view(-1, c).split(ctx.splits), grads):
+            if grad is None:
+                d_weight.append(torch.zeros_like(part))
+                continue
+            g = grad.reshape(b, h * w, -1).transpose(1, 2)  # (B, C_j, L)
+            w_t = part.t().expand(b, -1, -1)  # (B, C, C_j)
+            d_x = torch.bmm(w_t, g) if d_x is None else d_x.baddbmm_(w_t, g)
+            d_weight.append(torch.bmm(g, xt).sum(0))  # (C_j, C)
+        d_x = x.new_zeros(b, c, h * w) if d_x is None else d_x
+        return d_x.view(b, c, h, w), torch.cat(d_weight).view_as(weight), None
+
+
+class PointwiseProjection(nn.Module):
+    """Bias-free 1x1 convolution ``(B, C_in, H, W) -> (B, H, W, C_out)``, channels last.
+
+    The weight has a ``Conv2d``'s shape ``(C_out, C_in, 1, 1)`` and initialisation. ``forward(x,
+    splits)`` returns one channels-last tensor per group of ``splits`` output channels (q, k, v).
+    Each is one batched matmul over a transposed view of the input, no copy; on a CPU this is
+    several times faster forward + backward than a 1x1 ``Conv2d`` with the same multiply-adds, and
+    it returns the layout the GSA paths read in place.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 1, 1))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # what nn.Conv2d does
+
+    def forward(self, x: torch.Tensor, splits: tuple[int, ...] | None = None) -> tuple[torch.Tensor, ...]:
+        return _Projection.apply(x, self.weight, tuple(splits or (self.weight.shape[0],)))
+
+
 class ContentAttention(nn.Module):
-    """``F_c = (softmax_HW(K) @ V^T)^T @ Q`` per head, without scaling."""
+    """``F_c = (softmax_HW(K) @ V^T)^T @ Q`` per head, without scaling.
+
+    ``q, k: (B, L, N, d_k)``, ``v: (B, L, N, d_v)`` channels last with ``L = H*W`` (strided views
+    are fine); returns ``(B, N, d_v, L)``, i.e. NCHW.
+    """
 
     def __init__(self, *, query_norm: bool = False) -> None:
         super().__init__()
         self.query_norm = query_norm
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q, k: (B, N, d_k, L); v: (B, N, d_v, L) with L = H*W
-        k = k.softmax(dim=-1)
+        k = k.softmax(dim=1)  # over the L positions, per key channel
         if self.query_norm:
-            q = q.softmax(dim=-2)
-        context = k @ v.transpose(-1, -2)  # (B, N, d_k, d_v)
-        return context.transpose(-1, -2) @ q  # (B, N, d_v, L)
+            q = q.softmax(dim=-1)  # over the d_k channels of each head
+        heads = []
+        for q_n, k_n, v_n in zip(q.unbind(2), k.unbind(2), v.unbind(2)):  # (B, L, d) each, in place
+            context = torch.bmm(k_n.transpose(1, 2), v_n)  # (B, d_k, d_v)
+            heads.append(torch.bmm(context.transpose(1, 2), q_n.transpose(1, 2)))  # (B, d_v, L)
+        return torch.stack(heads, dim=1)
 
 
 def _embedding(heads: int, length: int, dim: int) -> nn.Parameter:
     return nn.Parameter(torch.randn(heads, length, dim) * dim**-0.5)
 
 
+def _position_major(t: torch.Tensor) -> torch.Tensor:
+    """``(S, L, N, d) -> (N, L, S, d)`` view."""
+    return t.permute(2, 1, 0, 3)
+
+
+def _sequence_major(t: torch.Tensor) -> torch.Tensor:
+    """``(S, L, N, d) -> (N, S, L, d)`` view."""
+    return t.permute(2, 0, 1, 3)
+
+
 class AxialPositionalAttention(nn.Module):
-    """Axial relative positional attention: column step, optional BN, row step (no softmax)."""
+    """Axial relative positional attention: column step, optional BN, row step (no softmax).
+
+    Channels last in, head-major out: ``q: (B, H, W, N, d_k)``, ``v: (B, H, W, N, d_v)`` (strided
+    views are fine); ``base`` (added to the result) and the result are ``(N, B, H, W, d_v)``.
+    """
 
     def __init__(
         self, *, heads: int, dim_key: int, dim_value: int, span: int, shared: bool = False, norm: bool = True
@@ -181,22 +256,26 @@ class AxialPositionalAttention(nn.Module):
         return relative_to_absolute(rel, length, self.span).expand(self.heads, -1, -1, -1)
 
     def forward(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q: (B, N, d_k, H, W); v: (B, N, d_v, H, W)
-        b, n, _, h, w = q.shape
-        d_v = v.shape[2]
-        col = self._absolute(self.rel_col, h)  # (N, H, H, d_k): [i, a]
-        row = self._absolute(self.rel_row, w)  # (N, W, W, d_k): [j, j']
-        # column step: sequences along H, one per (batch, column)
-        q_col = q.permute(1, 3, 0, 4, 2).reshape(n, h, b * w, -1)  # (N, H, B*W, d_k)
-        v_col = v.permute(1, 0, 4, 3, 2).reshape(n, b * w, h, d_v)
-        c = relative_axis_attention(q_col, v_col, col)  # (N, B*W, H, d_v)
-        c = c.view(n, b, w, h, d_v).permute(1, 0, 4, 3, 2).reshape(b, n * d_v, h, w)
-        c = self.norm(c)
-        # row step: sequences along W, one per (batch, row)
-        q_row = q.permute(1, 4, 0, 3, 2).reshape(n, w, b * h, -1)  # (N, W, B*H, d_k)
-        c_row = c.view(b, n, d_v, h, w).permute(1, 0, 3, 4, 2).reshape(n, b * h, w, d_v)
-        p = relative_axis_attention(q_row, c_row, row)  # (N, B*H, W, d_v)
-        return p.view(n, b, h, w, d_v).permute(1, 0, 4, 2, 3)  # (B, N, d_v, H, W)
+        b, h, w, n, d_v = v.shape
+        d_k = q.shape[-1]
+        # column step: sequences (b, w) along H, read from (B, W, H, N, d) copies
+        q_t, v_t = q.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+        c = relative_axis_attention(
+            _position_major(q_t.view(b * w, h, n, d_k)),
+            _sequence_major(v_t.view(b * w, h, n, d_v)),
+            self._absolute(self.rel_col, h),
+        )  # (N, B*W, H, d_v)
+        # to channels last (B, H, W, N*d_v); batch norm over its channels on an NCHW view of it
+        c = c.view(n, b, w, h, d_v).permute(1, 3, 2, 0, 4).reshape(b, h, w, n * d_v)
+        c = self.norm(c.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        # row step: sequences (b, h) along W, written with W innermost (NCHW order)
+        p = relative_axis_attention(
+            _position_major(q.reshape(b * h, w, n, d_k)),
+            _sequence_major(c.reshape(b * h, w, n, d_v)),
+            self._absolute(self.rel_row, w),
+            transpose_out=True,
+        )  # (N, B*H, d_v, W)
+        return p.view(n, b, h, d_v, w).permute(1, 0, 3, 2, 4)
 
 
 class Positional2DAttention(nn.Module):
@@ -205,7 +284,8 @@ class Positional2DAttention(nn.Module):
     Computed exactly as ``2r+1`` row problems: for each row offset ``dy`` the window's row
     ``R[dy, :]`` is a 1-D relative attention along W over the values shifted by ``dy`` rows, which
     reuses the axial kernel (:func:`relative_axis_attention`). Cost: ``(2r+1) * H * W * W`` per
-    head and channel, so a global window is quadratic in H*W.
+    head and channel, so a global window is quadratic in H*W. Layouts as
+    :class:`AxialPositionalAttention`.
     """
 
     def __init__(self, *, heads: int, dim_key: int, span: int, shared: bool = False) -> None:
@@ -215,21 +295,25 @@ class Positional2DAttention(nn.Module):
         self.rel = nn.Parameter(torch.randn(tables, 2 * span + 1, 2 * span + 1, dim_key) * dim_key**-0.5)
 
     def forward(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q: (B, N, d_k, H, W); v: (B, N, d_v, H, W)
-        b, n, d_k, h, w = q.shape
-        d_v = v.shape[2]
+        b, h, w, n, d_v = v.shape
+        d_k = q.shape[-1]
         ry, rx = min(self.span, h - 1), min(self.span, w - 1)
         s = self.span
         rel = self.rel[:, s - ry : s + ry + 1, s - rx : s + rx + 1]  # (E, 2ry+1, 2rx+1, d_k)
-        q_row = q.permute(1, 4, 0, 3, 2).reshape(n, w, b * h, d_k)  # (N, W, B*H, d_k)
-        v_pad = nn.functional.pad(v.permute(1, 0, 3, 4, 2), (0, 0, 0, 0, ry, ry))  # (N, B, H+2ry, W, d_v)
+        # Rows of every image padded to H + 2ry and flattened into one sequence axis: sequence
+        # t = b*(H+2ry) + i (queries zero on the padding rows) reads, for row offset dy, the values
+        # of sequence t + dy of the padded values, i.e. row i + dy - ry of image b (zero outside).
+        rows = h + 2 * ry
+        seqs = b * rows - 2 * ry
+        q_pad = nn.functional.pad(q, (0, 0, 0, 0, 0, 0, 0, 2 * ry)).view(b * rows, w, n, d_k)[:seqs]
+        v_pad = nn.functional.pad(v, (0, 0, 0, 0, 0, 0, ry, ry)).view(b * rows, w, n, d_v)
         out = None
-        for dy in range(2 * ry + 1):  # row offset dy - ry
+        for dy in range(2 * ry + 1):
             emb = relative_to_absolute(rel[:, dy], w, rx).expand(n, -1, -1, -1)  # (N, W, W, d_k)
-            v_dy = v_pad[:, :, dy : dy + h].reshape(n, b * h, w, d_v)  # values dy - ry rows away
-            part = relative_axis_attention(q_row, v_dy, emb)  # (N, B*H, W, d_v)
-            out = part if out is None else out + part
-        return out.view(n, b, h, w, d_v).permute(1, 0, 4, 2, 3)  # (B, N, d_v, H, W)
+            values = _sequence_major(v_pad[dy : dy + seqs])
+            out = relative_axis_attention(_position_major(q_pad), values, emb, out, transpose_out=True)
+        out = nn.functional.pad(out, (0, 0, 0, 0, 0, 2 * ry)).view(n, b, rows, d_v, w)  # (N, B, H+2ry, d_v, W)
+        return out[:, :, :h].permute(1, 0, 3, 2, 4)
 
 
 @register_block("gsa", config=GSAConfig)
@@ -249,7 +333,7 @@ class GSABlock(SpatialMixer):
         self.heads, self.dim_key, self.dim_value = cfg.heads, dim_key, dim_value
         key_channels = cfg.heads * dim_key if cfg.content else 0
         self.split = (cfg.heads * dim_key, key_channels, cfg.heads * dim_value)
-        self.qkv = nn.Conv2d(in_channels, sum(self.split), 1, bias=False)
+        self.qkv = PointwiseProjection(in_channels, sum(self.split))
         self.content = ContentAttention(query_norm=cfg.query_norm) if cfg.content else None
         self.positional: nn.Module | None = None
         if cfg.positional != "none":
@@ -281,13 +365,14 @@ class GSABlock(SpatialMixer):
                 f"its global span was built for; rebuild the block with feature_size >= {max(h, w)}"
             )
         n, d_k, d_v = self.heads, self.dim_key, self.dim_value
-        q, k, v = torch.split(self.qkv(x), self.split, dim=1)
-        q = q.reshape(b, n, d_k, h, w)
-        v = v.reshape(b, n, d_v, h, w)
+        splits = tuple(c for c in self.split if c)
+        q, *k, v = self.qkv(x, splits)  # channels last, (B, H, W, .)
+        q, v = q.unflatten(-1, (n, d_k)), v.unflatten(-1, (n, d_v))
         out = None
         if self.content is not None:
-            out = self.content(q.flatten(-2), k.reshape(b, n, d_k, h * w), v.flatten(-2)).view(b, n, d_v, h, w)
+            out = self.content(q.flatten(1, 2), k[0].unflatten(-1, (n, d_k)).flatten(1, 2), v.flatten(1, 2))
+            out = out.view(b, n, d_v, h, w)
         if self.positional is not None:
-            p = self.positional(q, v)
+            p = self.positional(q, v)  # (B, N, d_v, H, W), W innermost
             out = p if out is None else out + p
         return self.pool(self.proj(out.reshape(b, n * d_v, h, w)))
