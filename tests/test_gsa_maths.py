@@ -601,8 +601,10 @@ def test_gsa_block_matches_naive(positional, axial_norm, rel_span, output_proj, 
         dict(positional="2d", rel_span=1),
         dict(positional="none"),
         dict(content=False, positional="axial", rel_span=1),
+        dict(positional="axial", memory_efficient=True),
+        dict(positional="2d", rel_span=1, memory_efficient=True),
     ],
-    ids=["paper", "qnorm-shared", "2d-local", "content", "axial-local"],
+    ids=["paper", "qnorm-shared", "2d-local", "content", "axial-local", "recompute", "2d-recompute"],
 )
 def test_gsa_block_gradients_match_finite_differences(fields):
     """The whole block's backward (projection, content, positional kernels, the norm between the
@@ -617,6 +619,35 @@ def test_gsa_block_gradients_match_finite_differences(fields):
         return torch.func.functional_call(block, dict(zip(names, tables)), (x,))
 
     assert torch.autograd.gradcheck(run, (x,) + params, eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("positional", ["axial", "2d"])
+def test_memory_efficient_block_is_the_same_function_and_keeps_no_logits(positional):
+    """``memory_efficient`` recomputes the positional logits in backward: identical outputs and
+    gradients, and exactly the ``L x L`` logits of every step fewer saved activations."""
+    torch.manual_seed(32)
+    fields = dict(dim_value=DV, feature_size=6, positional=positional, rel_span=1 if positional == "2d" else "global")
+    plain = _gsa_block(3, HEADS * DV, 1, **fields)
+    lean = _gsa_block(3, HEADS * DV, 1, memory_efficient=True, **fields)
+    lean.load_state_dict(plain.state_dict())
+    x = _randn(2, 3, 6, 5)
+    results = []
+    for block in (plain, lean):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            out = block(x)
+        grads = torch.autograd.grad(out.pow(2).sum(), tuple(block.parameters()))
+        results.append((out.detach(), grads, sum(saved)))
+    (out_a, grads_a, saved_a), (out_b, grads_b, saved_b) = results
+    assert_matches(out_b, out_a)
+    for a, b in zip(grads_a, grads_b):
+        assert_matches(b, a)
+    h, w, batch = 6, 5, 2
+    if positional == "axial":  # a column step (L = H) and a row step (L = W)
+        logits = HEADS * batch * (w * h * h + h * w * w)
+    else:  # 2r+1 row steps over the padded, flattened rows: (B*(H+2r) - 2r) sequences of length W
+        logits = 3 * HEADS * (batch * (h + 2) - 2) * w * w
+    assert saved_a - saved_b == logits
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ Why a custom autograd function: the two contractions want different layouts of t
 logits (batched over ``(head, i)`` to compute them, over ``(head, sequence)`` to apply them), and
 ``einsum`` reconciles them with full copies of the logits and, in backward, with per-matrix copies
 of non-BLAS-compatible operands. Here every batched matmul reads the logits in place through
-strided views, and the logits are processed in cache-sized chunks and recomputed in backward
-instead of stored: no logits among the activations kept for backward.
+strided views, and the logits are processed in cache-sized chunks; they are kept for backward,
+or, with ``recompute=True`` (GSA's ``memory_efficient`` option), formed again there so that no
+``L x L`` logits are among the saved activations.
 """
 
 from __future__ import annotations
@@ -59,15 +60,18 @@ def _bmm_into(dest: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 
 class _RelativeAxisAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qt, v, emb, base, transpose_out: bool):  # type: ignore[override]
+    def forward(ctx, qt, v, emb, base, transpose_out: bool, recompute: bool):  # type: ignore[override]
         # qt: (N, L_i, S, d_k); v: (N, S, L, d_v); emb: (N, L_i, L_a, d_k); base: like out or None
         n, length, s, _ = qt.shape
         d_v = v.shape[-1]
         keys = emb.transpose(2, 3)  # (N, L_i, d_k, L_a)
         out = v.new_empty((n, s, d_v, length) if transpose_out else (n, s, length, d_v))
+        kept = []
         for h in range(n):
             for part in _chunks(s, length):
                 logits = torch.bmm(qt[h, :, part], keys[h])  # (L_i, S_c, L_a)
+                if not recompute:
+                    kept.append(logits)
                 if transpose_out:  # out^T = V^T A^T: (S_c, d_v, L_a) @ (S_c, L_a, L_i)
                     a, b = v[h, part].transpose(1, 2), logits.permute(1, 2, 0)
                 else:  # out = A V: (S_c, L_i, L_a) @ (S_c, L_a, d_v)
@@ -77,12 +81,12 @@ class _RelativeAxisAttention(torch.autograd.Function):
                 else:
                     torch.baddbmm(base[h, part], a, b, out=out[h, part])
         ctx.has_base, ctx.transpose_out = base is not None, transpose_out
-        ctx.save_for_backward(qt, v, emb)
+        ctx.save_for_backward(qt, v, emb, *kept)  # saved tensors, so memory accounting sees them
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        qt, v, emb = ctx.saved_tensors
+        qt, v, emb, *logits_kept = ctx.saved_tensors
         n, length, s, _ = qt.shape
         keys = emb.transpose(2, 3)
         # gradients in the kernel's own contiguous layouts, which BLAS writes in place; autograd hands
@@ -90,18 +94,18 @@ class _RelativeAxisAttention(torch.autograd.Function):
         d_qt = qt.new_empty(qt.shape)
         d_v = v.new_empty(v.shape)
         d_emb = torch.zeros_like(emb)
+        kept = iter(logits_kept)
         for h in range(n):
             for part in _chunks(s, length):
                 g = grad[h, part]
                 g = _blas(g.transpose(1, 2) if ctx.transpose_out else g)  # (S_c, L_i, d_v)
-                # the logits, recomputed, and their gradient are copied once to the layout each
-                # product reads with a short leading dimension (a strided read costs more than a copy)
-                attn = torch.bmm(qt[h, :, part], keys[h]).transpose(0, 1)  # (S_c, L_i, L_a)
+                logits = next(kept) if logits_kept else torch.bmm(qt[h, :, part], keys[h])  # (L_i, S_c, L_a)
+                attn = logits.transpose(0, 1)  # (S_c, L_i, L_a)
                 _bmm_into(d_v[h, part], attn.transpose(1, 2), g)
                 d_logits = torch.bmm(g, v[h, part].transpose(1, 2)).transpose(0, 1)  # (L_i, S_c, L_a)
                 _bmm_into(d_qt[h, :, part], d_logits, emb[h])
                 d_emb[h].baddbmm_(d_logits.transpose(1, 2), qt[h, :, part])
-        return d_qt, d_v, d_emb, (grad if ctx.has_base else None), None
+        return d_qt, d_v, d_emb, (grad if ctx.has_base else None), None, None
 
 
 def relative_axis_attention(
@@ -111,11 +115,14 @@ def relative_axis_attention(
     base: torch.Tensor | None = None,
     *,
     transpose_out: bool = False,
+    recompute: bool = False,
 ) -> torch.Tensor:
     """``(N, L, S, d_k), (N, S, L, d_v), (N, L, L, d_k)[, base] -> (N, S, L, d_v)``, contiguous.
 
     With ``transpose_out`` the result (and ``base``) is ``(N, S, d_v, L)`` instead: positions
-    innermost, the layout of an NCHW map. See the module docstring.
+    innermost, the layout of an NCHW map. ``recompute`` keeps no logits for backward and forms
+    them again there: ``N*S*L*L`` fewer elements stored, one more matmul pass (about 15% of the
+    kernel's time). See the module docstring.
     """
     n, length, s, _ = qt.shape
     if v.shape[:3] != (n, s, length) or emb.shape[:3] != (n, length, length) or emb.shape[3] != qt.shape[3]:
@@ -128,4 +135,4 @@ def relative_axis_attention(
     out_shape = (n, s, v.shape[-1], length) if transpose_out else (n, s, length, v.shape[-1])
     if base is not None and tuple(base.shape) != out_shape:
         raise ValueError(f"relative_axis_attention: base {tuple(base.shape)} does not match the output {out_shape}")
-    return _RelativeAxisAttention.apply(qt, v, emb.contiguous(), base, transpose_out)
+    return _RelativeAxisAttention.apply(qt, v, emb.contiguous(), base, transpose_out, recompute)

@@ -67,6 +67,9 @@ class GSAConfig(BlockConfig):
         axial_norm: batch norm between the axial column and row steps.
         shared_embeddings: one set of relative embeddings shared by all heads (paper: per head).
         output_proj: a final 1x1 projection (the paper has none).
+        memory_efficient: keep no positional logits for backward and recompute them there:
+            ``heads * B * H * W * (H + W)`` fewer stored elements for about 10% more time. Changes
+            neither the maths nor the FLOPs count.
     """
 
     heads: int = 8
@@ -80,12 +83,13 @@ class GSAConfig(BlockConfig):
     axial_norm: bool = True
     shared_embeddings: bool = False
     output_proj: bool = False
+    memory_efficient: bool = False
 
     def __post_init__(self) -> None:
         check_positive_int("gsa", "heads", self.heads)
         check_positive_int("gsa", "dim_key", self.dim_key, allow_none=True)
         check_positive_int("gsa", "dim_value", self.dim_value, allow_none=True)
-        for field in ("content", "query_norm", "axial_norm", "shared_embeddings", "output_proj"):
+        for field in ("content", "query_norm", "axial_norm", "shared_embeddings", "output_proj", "memory_efficient"):
             check_bool("gsa", field, getattr(self, field))
         check_choice("gsa", "positional", self.positional, POSITIONAL_MODES)
         if not self.content and self.positional == "none":
@@ -154,12 +158,10 @@ class _Projection(torch.autograd.Function):
     def forward(ctx, x, weight, splits):  # type: ignore[override]
         b, c, h, w = x.shape
         xt = x.flatten(2).transpose(1, 2)  # (B, L, C): a view, BLAS reads it in place
-        outs = tuple(
-            torch.bmm(xt, part.t().expand(b, -1, -1)).view(b, h, w, -1) for part in weight.view(-1, c).split(splits)
-        )
+        out = torch.bmm(xt, weight.view(-1, c).t().expand(b, -1, -1)).view(b, h, w, -1)  # one pass over x
         ctx.save_for_backward(x, weight)
         ctx.splits = splits
-        return outs
+        return tuple(out.split(splits, dim=-1))
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
@@ -243,10 +245,18 @@ class AxialPositionalAttention(nn.Module):
     """
 
     def __init__(
-        self, *, heads: int, dim_key: int, dim_value: int, span: int, shared: bool = False, norm: bool = True
+        self,
+        *,
+        heads: int,
+        dim_key: int,
+        dim_value: int,
+        span: int,
+        shared: bool = False,
+        norm: bool = True,
+        recompute: bool = False,
     ) -> None:
         super().__init__()
-        self.heads, self.span = heads, span
+        self.heads, self.span, self.recompute = heads, span, recompute
         tables = 1 if shared else heads
         self.rel_col = _embedding(tables, 2 * span + 1, dim_key)  # offsets -span..span along H
         self.rel_row = _embedding(tables, 2 * span + 1, dim_key)  # offsets -span..span along W
@@ -264,6 +274,7 @@ class AxialPositionalAttention(nn.Module):
             _position_major(q_t.view(b * w, h, n, d_k)),
             _sequence_major(v_t.view(b * w, h, n, d_v)),
             self._absolute(self.rel_col, h),
+            recompute=self.recompute,
         )  # (N, B*W, H, d_v)
         # to channels last (B, H, W, N*d_v); batch norm over its channels on an NCHW view of it
         c = c.view(n, b, w, h, d_v).permute(1, 3, 2, 0, 4).reshape(b, h, w, n * d_v)
@@ -274,6 +285,7 @@ class AxialPositionalAttention(nn.Module):
             _sequence_major(c.reshape(b * h, w, n, d_v)),
             self._absolute(self.rel_row, w),
             transpose_out=True,
+            recompute=self.recompute,
         )  # (N, B*H, d_v, W)
         return p.view(n, b, h, d_v, w).permute(1, 0, 3, 2, 4)
 
@@ -288,9 +300,9 @@ class Positional2DAttention(nn.Module):
     :class:`AxialPositionalAttention`.
     """
 
-    def __init__(self, *, heads: int, dim_key: int, span: int, shared: bool = False) -> None:
+    def __init__(self, *, heads: int, dim_key: int, span: int, shared: bool = False, recompute: bool = False) -> None:
         super().__init__()
-        self.heads, self.span = heads, span
+        self.heads, self.span, self.recompute = heads, span, recompute
         tables = 1 if shared else heads
         self.rel = nn.Parameter(torch.randn(tables, 2 * span + 1, 2 * span + 1, dim_key) * dim_key**-0.5)
 
@@ -311,7 +323,9 @@ class Positional2DAttention(nn.Module):
         for dy in range(2 * ry + 1):
             emb = relative_to_absolute(rel[:, dy], w, rx).expand(n, -1, -1, -1)  # (N, W, W, d_k)
             values = _sequence_major(v_pad[dy : dy + seqs])
-            out = relative_axis_attention(_position_major(q_pad), values, emb, out, transpose_out=True)
+            out = relative_axis_attention(
+                _position_major(q_pad), values, emb, out, transpose_out=True, recompute=self.recompute
+            )
         out = nn.functional.pad(out, (0, 0, 0, 0, 0, 2 * ry)).view(n, b, rows, d_v, w)  # (N, B, H+2ry, d_v, W)
         return out[:, :, :h].permute(1, 0, 3, 2, 4)
 
@@ -346,10 +360,15 @@ class GSABlock(SpatialMixer):
                     span=span,
                     shared=cfg.shared_embeddings,
                     norm=cfg.axial_norm,
+                    recompute=cfg.memory_efficient,
                 )
             else:
                 self.positional = Positional2DAttention(
-                    heads=cfg.heads, dim_key=dim_key, span=span, shared=cfg.shared_embeddings
+                    heads=cfg.heads,
+                    dim_key=dim_key,
+                    span=span,
+                    shared=cfg.shared_embeddings,
+                    recompute=cfg.memory_efficient,
                 )
         self.proj = (
             nn.Conv2d(cfg.heads * dim_value, out_channels, 1, bias=False) if cfg.output_proj else nn.Identity()
