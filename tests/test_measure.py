@@ -205,3 +205,12 @@ def test_flops_breakdown_rows_sum_to_the_totals():
     shallow = flops_breakdown(model, (1, 3, 32, 32), depth=1)
     assert list(shallow["module"]) == list(top["module"])
     assert list(shallow["flops"]) == list(top["flops"])  # per image, whatever the batch
+
+
+@pytest.mark.parametrize("variant", ["2d_local_r1", "2d_global", "everything", "axial_local"])
+def test_per_image_flops_do_not_depend_on_the_batch(variant):
+    cfg = _gsa(variant, 10)
+    block = create_block(cfg, C_IN, C_OUT)
+    single, triple = (count_flops(block, (b, C_IN, 10, 9)) for b in (1, 3))
+    assert triple.total == 3 * single.total
+    assert triple.per_image == single.per_image == analytic_flops(cfg, C_IN, C_OUT, 10, 9)

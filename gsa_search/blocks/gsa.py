@@ -312,13 +312,15 @@ class Positional2DAttention(nn.Module):
         ry, rx = min(self.span, h - 1), min(self.span, w - 1)
         s = self.span
         rel = self.rel[:, s - ry : s + ry + 1, s - rx : s + rx + 1]  # (E, 2ry+1, 2rx+1, d_k)
-        # Rows of every image padded to H + 2ry and flattened into one sequence axis: sequence
-        # t = b*(H+2ry) + i (queries zero on the padding rows) reads, for row offset dy, the values
-        # of sequence t + dy of the padded values, i.e. row i + dy - ry of image b (zero outside).
+        # Rows of every image padded to a frame of H + 2ry and flattened into one sequence axis:
+        # sequence t = b*(H+2ry) + i (queries zero on the padding rows) reads, for row offset dy, the
+        # values of sequence t + dy of the padded values, i.e. row i + dy - ry of image b (zero
+        # outside); one kernel call per dy covers all images.
         rows = h + 2 * ry
-        seqs = b * rows - 2 * ry
-        q_pad = nn.functional.pad(q, (0, 0, 0, 0, 0, 0, 0, 2 * ry)).view(b * rows, w, n, d_k)[:seqs]
-        v_pad = nn.functional.pad(v, (0, 0, 0, 0, 0, 0, ry, ry)).view(b * rows, w, n, d_v)
+        seqs = b * rows  # padding rows included (zero queries), so the work per image is fixed
+        q_pad = nn.functional.pad(q, (0, 0, 0, 0, 0, 0, 0, 2 * ry)).view(seqs, w, n, d_k)
+        v_pad = nn.functional.pad(v, (0, 0, 0, 0, 0, 0, ry, ry)).view(seqs, w, n, d_v)
+        v_pad = nn.functional.pad(v_pad, (0, 0, 0, 0, 0, 0, 0, 2 * ry))  # the last frame's windows fit
         out = None
         for dy in range(2 * ry + 1):
             emb = relative_to_absolute(rel[:, dy], w, rx).expand(n, -1, -1, -1)  # (N, W, W, d_k)
@@ -326,8 +328,7 @@ class Positional2DAttention(nn.Module):
             out = relative_axis_attention(
                 _position_major(q_pad), values, emb, out, transpose_out=True, recompute=self.recompute
             )
-        out = nn.functional.pad(out, (0, 0, 0, 0, 0, 2 * ry)).view(n, b, rows, d_v, w)  # (N, B, H+2ry, d_v, W)
-        return out[:, :, :h].permute(1, 0, 3, 2, 4)
+        return out.view(n, b, rows, d_v, w)[:, :, :h].permute(1, 0, 3, 2, 4)
 
 
 @register_block("gsa", config=GSAConfig)
