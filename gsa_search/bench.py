@@ -2,7 +2,8 @@
 
 Status: stable. A benchmark, not a test: this machine class is shared and noisy (single runs vary by
 up to 2x), so every candidate is timed in interleaved rounds (round 1: all blocks, round 2: all
-blocks, ...) and the median over rounds is reported; ratios are only ever taken within one run.
+blocks, ...) and the median over rounds is reported; a ratio is the median over rounds of the
+ratio within each round (``over_conv``, ``over_gsa``), never two separate runs.
 
 Setup (defaults follow the GSA speed target): batch 8, 64 channels, 4 heads, ``dim_key`` 16,
 forward + backward, float32 on CPU; on CUDA bf16 autocast and batch 64. Candidates: the 3x3 conv,
@@ -60,7 +61,7 @@ def bench_blocks(
     heads: int = 4,
     dim_key: int = 16,
     device: str = "auto",
-    rounds: int = 5,
+    rounds: int = 9,
     repeats: int = 2,
     mhsa_max_size: int = 32,
     include: tuple[str, ...] | None = None,
@@ -84,6 +85,14 @@ def bench_blocks(
                     measure_latency(models[name], shape, device=str(dev), warmup=1, repeats=repeats,
                                     autocast_dtype=autocast_dtype)
                 )
+        def paired(name: str, reference: str) -> float:
+            """Median over rounds of this block's time over the reference's in the same round: the
+            two were measured seconds apart, so slow phases of a shared machine cancel out."""
+            if reference not in samples:
+                return float("nan")
+            pairs = zip(samples[name], samples[reference])
+            return float(pd.Series([a.latency_fwd_bwd_ms / b.latency_fwd_bwd_ms for a, b in pairs]).median())
+
         for name in names:
             results = samples[name]
             rows.append({
@@ -96,6 +105,8 @@ def bench_blocks(
                 "peak_memory_mb": results[-1].peak_memory_mb,
                 "flops": count_flops(models[name], (1, channels, size, size)).total,
                 "params": sum(p.numel() for p in models[name].parameters()),
+                "over_conv": paired(name, "conv"),
+                "over_gsa": paired(name, "gsa"),
                 "device": str(dev),
             })
         del models
@@ -103,14 +114,20 @@ def bench_blocks(
 
 
 def bench_ratios(table: pd.DataFrame) -> pd.DataFrame:
-    """Per size: every block's forward+backward time over the conv's, and gsa-pytorch's over ours."""
+    """Per size: every block's forward+backward time over the conv's, and gsa-pytorch's over ours.
+
+    Uses the per-round paired ratios (``over_conv``, ``over_gsa``) when the table has them, else the
+    ratio of the medians.
+    """
     times = table.pivot(index="size", columns="block", values="fwd_bwd_ms")
+    over_conv = table.pivot(index="size", columns="block", values="over_conv") if "over_conv" in table else None
+    over_gsa = table.pivot(index="size", columns="block", values="over_gsa") if "over_gsa" in table else None
     out = pd.DataFrame(index=times.index)
     for name in times.columns:
         if name != "conv":
-            out[f"{name}/conv"] = times[name] / times["conv"]
+            out[f"{name}/conv"] = over_conv[name] if over_conv is not None else times[name] / times["conv"]
     if "gsa_pytorch" in times.columns:
-        out["gsa_pytorch/gsa"] = times["gsa_pytorch"] / times["gsa"]
+        out["gsa_pytorch/gsa"] = over_gsa["gsa_pytorch"] if over_gsa is not None else times["gsa_pytorch"] / times["gsa"]
         memory = table.pivot(index="size", columns="block", values="activation_mb")
         out["gsa_pytorch/gsa activation memory"] = memory["gsa_pytorch"] / memory["gsa"]
     return out
@@ -150,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--dim-key", type=int, default=16)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--mhsa-max-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -171,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, device {table['device'].iloc[0]}")
     print(table.drop(columns=["device"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print("\nratios (forward+backward time, medians of interleaved rounds):")
+    print("\nratios (forward+backward time; median over interleaved rounds of the per-round ratio):")
     print(ratios.to_string(float_format=lambda v: f"{v:.2f}"))
     print(f"\nwrote {out / 'blocks.csv'}, {out / 'ratios.csv'}, {out / 'blocks.png'}")
 

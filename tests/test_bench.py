@@ -34,6 +34,15 @@ def test_bench_ratios_divide_by_the_conv_row():
     assert bench.bench_ratios(table).loc[8, "gsa/conv"] == pytest.approx(2.5)
 
 
+def test_bench_ratios_prefer_the_per_round_paired_ratios():
+    table = pd.DataFrame({"block": ["conv", "gsa", "gsa_pytorch"], "size": [8, 8, 8], "fwd_bwd_ms": [2.0, 5.0, 9.0],
+                          "activation_mb": [1.0, 2.0, 3.0], "over_conv": [1.0, 2.2, 4.0], "over_gsa": [0.4, 1.0, 1.9]})
+    ratios = bench.bench_ratios(table)
+    assert ratios.loc[8, "gsa/conv"] == pytest.approx(2.2)
+    assert ratios.loc[8, "gsa_pytorch/gsa"] == pytest.approx(1.9)
+    assert ratios.loc[8, "gsa_pytorch/gsa activation memory"] == pytest.approx(1.5)
+
+
 def test_trainer_overhead_benchmark_runs():
     result = bench_train.trainer_overhead("proxy_resnet", rounds=1, device="cpu")
     assert result["train_epoch_s"] > 0 and result["bare_epoch_s"] > 0

@@ -621,6 +621,20 @@ def test_gsa_block_gradients_match_finite_differences(fields):
     assert torch.autograd.gradcheck(run, (x,) + params, eps=1e-6, atol=1e-6)
 
 
+def test_block_parameter_gradients_do_not_need_an_input_gradient():
+    """With an input that needs no gradient (a first layer, a frozen stem) the input gradient is
+    skipped and the parameters' gradients are unchanged."""
+    torch.manual_seed(33)
+    block = _gsa_block(3, HEADS * DV, 1, dim_value=DV, feature_size=5)
+    x = _randn(2, 3, 5, 4)
+    grads = []
+    for needs in (True, False):
+        out = block(x.clone().requires_grad_(needs))
+        grads.append(torch.autograd.grad(out.pow(2).sum(), tuple(block.parameters())))
+    for a, b in zip(*grads):
+        assert_matches(b, a)
+
+
 @pytest.mark.parametrize("positional", ["axial", "2d"])
 def test_memory_efficient_block_is_the_same_function_and_keeps_no_logits(positional):
     """``memory_efficient`` recomputes the positional logits in backward: identical outputs and

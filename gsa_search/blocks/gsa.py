@@ -21,6 +21,12 @@ Q, K, V come from one bias-free 1x1 convolution. The output is the sum of two pa
 ``rel_span='global'`` means ``r = feature_size - 1``: every output pixel then depends on every input
 pixel. The largest map the block will see (``feature_size``) must be known at build time; the
 backbone builder fills it in per stage.
+
+Implementation: the projection returns q, k, v channels last (one batched matmul, no copy of the
+input), which both positional steps and the content path read in place through strided views; the
+relative-attention kernel (``_relative.py``) writes the row step's result in NCHW order, so the
+block needs no transpose at its output. The 2D path's cost also grows with W (it is computed as
+``2r+1`` dense row problems).
 """
 
 from __future__ import annotations
@@ -168,6 +174,7 @@ class _Projection(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         b, c, h, w = x.shape
         xt = x.flatten(2).transpose(1, 2)
+        need_x, need_weight = ctx.needs_input_grad[:2]
         d_x = None  # NCHW, (B, C, L)
         d_weight = []
         for part, grad in zip(weight.view(-1, c).split(ctx.splits), grads):
@@ -175,11 +182,18 @@ class _Projection(torch.autograd.Function):
                 d_weight.append(torch.zeros_like(part))
                 continue
             g = grad.reshape(b, h * w, -1).transpose(1, 2)  # (B, C_j, L)
-            w_t = part.t().expand(b, -1, -1)  # (B, C, C_j)
-            d_x = torch.bmm(w_t, g) if d_x is None else d_x.baddbmm_(w_t, g)
-            d_weight.append(torch.bmm(g, xt).sum(0))  # (C_j, C)
-        d_x = x.new_zeros(b, c, h * w) if d_x is None else d_x
-        return d_x.view(b, c, h, w), torch.cat(d_weight).view_as(weight), None
+            if need_x:
+                w_t = part.t().expand(b, -1, -1)  # (B, C, C_j)
+                d_x = torch.bmm(w_t, g) if d_x is None else d_x.baddbmm_(w_t, g)
+            if need_weight:
+                d_weight.append(torch.bmm(g, xt).sum(0))  # (C_j, C)
+        if need_x and d_x is None:
+            d_x = x.new_zeros(b, c, h * w)
+        return (
+            d_x.view(b, c, h, w) if need_x else None,
+            torch.cat(d_weight).view_as(weight) if need_weight else None,
+            None,
+        )
 
 
 class PointwiseProjection(nn.Module):
@@ -240,8 +254,10 @@ def _sequence_major(t: torch.Tensor) -> torch.Tensor:
 class AxialPositionalAttention(nn.Module):
     """Axial relative positional attention: column step, optional BN, row step (no softmax).
 
-    Channels last in, head-major out: ``q: (B, H, W, N, d_k)``, ``v: (B, H, W, N, d_v)`` (strided
-    views are fine); ``base`` (added to the result) and the result are ``(N, B, H, W, d_v)``.
+    Channels last in: ``q: (B, H, W, N, d_k)``, ``v: (B, H, W, N, d_v)`` (strided views are fine).
+    Returns ``(B, N, d_v, H, W)``, a view with W innermost (NCHW order): the row step writes it
+    directly. The column step reads ``(B, W, H, N, d)`` copies of q and v, and the norm between the
+    steps runs on a channels-last view.
     """
 
     def __init__(
