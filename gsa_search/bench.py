@@ -79,8 +79,10 @@ def bench_blocks(
         models = {name: builders[name]() for name in names}
         shape = (batch, channels, size, size)
         samples: dict[str, list] = {name: [] for name in names}
-        for _ in range(rounds):
-            for name in names:
+        for round_ in range(rounds):
+            # each round starts with a different block, so that no block always follows the same one
+            # (a large allocation or a slow neighbour would otherwise bias the same pair every round)
+            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
                 samples[name].append(
                     measure_latency(models[name], shape, device=str(dev), warmup=1, repeats=repeats,
                                     autocast_dtype=autocast_dtype)
