@@ -372,11 +372,11 @@ def _gsa_formula(cfg: GSAConfig, c_in: int, c_out: int, height: int, width: int,
         macs += n * length * (height + width) * (d_k + d_v)
     elif cfg.positional == "2d":
         # Positional2DAttention: 2*ry+1 row problems, each a relative_axis_attention along W over
-        # dense W x W embeddings, run over frames of H + 2*ry rows (the padding rows' queries are zero
-        # but computed): N * (H + 2*ry) * W * W * (d_k + d_v) per row offset.
+        # dense W x W embeddings, run over frames of H + ry rows (the padding rows' queries are zero
+        # but computed): N * (H + ry) * W * W * (d_k + d_v) per row offset.
         span = cfg.span() if cfg.feature_size is not None or not cfg.global_span else max(height, width) - 1
         ry = min(span, height - 1)
-        macs += (2 * ry + 1) * n * (height + 2 * ry) * width * width * (d_k + d_v)
+        macs += (2 * ry + 1) * n * (height + ry) * width * width * (d_k + d_v)
     if cfg.output_proj:
         macs += length * n * d_v * c_out
     return macs

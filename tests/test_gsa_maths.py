@@ -659,8 +659,8 @@ def test_memory_efficient_block_is_the_same_function_and_keeps_no_logits(positio
     h, w, batch = 6, 5, 2
     if positional == "axial":  # a column step (L = H) and a row step (L = W)
         logits = HEADS * batch * (w * h * h + h * w * w)
-    else:  # 2r+1 dense row steps over frames of H+2r rows: B*(H+2r) sequences of length W
-        logits = 3 * HEADS * batch * (h + 2) * w * w
+    else:  # 2r+1 dense row steps over frames of H+r rows: B*(H+r) sequences of length W
+        logits = 3 * HEADS * batch * (h + 1) * w * w
     assert saved_a - saved_b == logits
 
 

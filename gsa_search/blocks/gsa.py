@@ -328,15 +328,15 @@ class Positional2DAttention(nn.Module):
         ry, rx = min(self.span, h - 1), min(self.span, w - 1)
         s = self.span
         rel = self.rel[:, s - ry : s + ry + 1, s - rx : s + rx + 1]  # (E, 2ry+1, 2rx+1, d_k)
-        # Rows of every image padded to a frame of H + 2ry and flattened into one sequence axis:
-        # sequence t = b*(H+2ry) + i (queries zero on the padding rows) reads, for row offset dy, the
-        # values of sequence t + dy of the padded values, i.e. row i + dy - ry of image b (zero
-        # outside); one kernel call per dy covers all images.
-        rows = h + 2 * ry
+        # Every image followed by ry zero rows, all flattened into one sequence axis (after ry more
+        # zero rows for the values): query sequence t = b*(H+ry) + i (zero on the padding rows)
+        # reads, for row offset dy, value sequence t + dy, i.e. row i + dy - ry of image b; the ry
+        # zero rows between two images pad both. One kernel call per dy covers all images.
+        rows = h + ry
         seqs = b * rows  # padding rows included (zero queries), so the work per image is fixed
-        q_pad = nn.functional.pad(q, (0, 0, 0, 0, 0, 0, 0, 2 * ry)).view(seqs, w, n, d_k)
-        v_pad = nn.functional.pad(v, (0, 0, 0, 0, 0, 0, ry, ry)).view(seqs, w, n, d_v)
-        v_pad = nn.functional.pad(v_pad, (0, 0, 0, 0, 0, 0, 0, 2 * ry))  # the last frame's windows fit
+        q_pad = nn.functional.pad(q, (0, 0, 0, 0, 0, 0, 0, ry)).view(seqs, w, n, d_k)
+        v_pad = nn.functional.pad(v, (0, 0, 0, 0, 0, 0, 0, ry)).view(seqs, w, n, d_v)
+        v_pad = nn.functional.pad(v_pad, (0, 0, 0, 0, 0, 0, ry, ry))  # leading pad; the last windows fit
         out = None
         for dy in range(2 * ry + 1):
             emb = relative_to_absolute(rel[:, dy], w, rx).expand(n, -1, -1, -1)  # (N, W, W, d_k)
