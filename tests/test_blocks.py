@@ -45,6 +45,33 @@ def test_forward_shape_finite_and_gradients(name, stride):
         assert param.grad.abs().sum() > 0, f"{name}: {pname} got a zero gradient"
 
 
+AUTOCAST_CASES = {name: _config(name) for name in list_blocks()} | {
+    "gsa-2d": block_config("gsa", heads=2, positional="2d", rel_span=2).with_feature_size(SIZE),
+    "gsa-content": block_config("gsa", heads=2, positional="none").with_feature_size(SIZE),
+}
+
+
+@pytest.mark.parametrize("case", list(AUTOCAST_CASES))
+def test_bf16_autocast_forward_and_backward_follow_float32(case):
+    """Mixed precision (how the trainer runs on CUDA; CPU autocast exercises the same casts): every
+    block runs forward and backward, parameters keep float32 gradients, and those gradients point
+    the same way as the float32 ones."""
+    torch.manual_seed(0)
+    block = create_block(AUTOCAST_CASES[case], 6, 8)
+    x = torch.randn(2, 6, SIZE, SIZE)
+    grads = []
+    for autocast in (False, True):
+        block.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = block(x)
+        out.float().square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in block.parameters()]))
+        assert all(p.grad.dtype == torch.float32 for p in block.parameters())
+    full, mixed = grads
+    assert torch.isfinite(mixed).all()
+    assert torch.nn.functional.cosine_similarity(full, mixed, dim=0) > 0.99
+
+
 @pytest.mark.parametrize("name", list_blocks())
 def test_odd_sizes_downsample_like_a_strided_conv(name):
     block = create_block(_config(name).with_feature_size(7), 4, 4, stride=2)

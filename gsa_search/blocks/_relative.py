@@ -71,6 +71,11 @@ class _RelativeAxisAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qt, v, emb, base, transpose_out: bool, recompute: bool):  # type: ignore[override]
         # qt: (N, L_i, S, d_k); v: (N, S, L, d_v); emb: (N, L_i, L_a, d_k); base: like out or None
+        with torch.autocast(qt.device.type, enabled=False):  # inputs share one dtype already
+            return _RelativeAxisAttention._forward(ctx, qt, v, emb, base, transpose_out, recompute)
+
+    @staticmethod
+    def _forward(ctx, qt, v, emb, base, transpose_out: bool, recompute: bool):  # type: ignore[no-untyped-def]
         n, length, s, _ = qt.shape
         d_v = v.shape[-1]
         keys = emb.transpose(2, 3)  # (N, L_i, d_k, L_a)
@@ -139,6 +144,10 @@ def relative_axis_attention(
             f"relative_axis_attention: shapes q {tuple(qt.shape)}, v {tuple(v.shape)}, emb {tuple(emb.shape)} "
             "do not fit (N, L, S, d_k), (N, S, L, d_v), (N, L, L, d_k)"
         )
+    # one dtype throughout, the queries' (under autocast: the projection's lower precision); the
+    # casts are outside the function, so autograd returns each gradient in its input's dtype
+    v, emb = v.to(qt.dtype), emb.to(qt.dtype)
+    base = None if base is None else base.to(qt.dtype)
     qt = qt if _blas_ok(qt[0]) else qt.contiguous()
     v = v if _blas_ok(v[0]) else v.contiguous()
     out_shape = (n, s, v.shape[-1], length) if transpose_out else (n, s, length, v.shape[-1])

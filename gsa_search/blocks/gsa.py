@@ -181,16 +181,17 @@ class _Projection(torch.autograd.Function):
             if grad is None:
                 d_weight.append(torch.zeros_like(part))
                 continue
+            # under autocast the outputs (and so their gradients) are in the autocast dtype
             g = grad.reshape(b, h * w, -1).transpose(1, 2)  # (B, C_j, L)
             if need_x:
-                w_t = part.t().expand(b, -1, -1)  # (B, C, C_j)
+                w_t = part.to(g.dtype).t().expand(b, -1, -1)  # (B, C, C_j)
                 d_x = torch.bmm(w_t, g) if d_x is None else d_x.baddbmm_(w_t, g)
             if need_weight:
-                d_weight.append(torch.bmm(g, xt).sum(0))  # (C_j, C)
+                d_weight.append(torch.bmm(g, xt.to(g.dtype)).sum(0).to(weight.dtype))  # (C_j, C)
         if need_x and d_x is None:
             d_x = x.new_zeros(b, c, h * w)
         return (
-            d_x.view(b, c, h, w) if need_x else None,
+            d_x.view(b, c, h, w).to(x.dtype) if need_x else None,
             torch.cat(d_weight).view_as(weight) if need_weight else None,
             None,
         )
