@@ -45,6 +45,23 @@ def test_forward_shape_finite_and_gradients(name, stride):
         assert param.grad.abs().sum() > 0, f"{name}: {pname} got a zero gradient"
 
 
+@pytest.mark.parametrize("name", list_blocks())
+def test_channels_last_input_gives_the_same_result_and_gradient(name):
+    """``channels_last`` models (a trainer option) feed blocks NHWC-strided maps."""
+    torch.manual_seed(0)
+    block = create_block(_config(name), 6, 8)
+    x = torch.randn(2, 6, SIZE, SIZE)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xi = x.clone(memory_format=layout).requires_grad_(True)
+        out = block(xi)
+        out.square().mean().backward()
+        results.append((out.detach(), xi.grad))
+    (out_a, grad_a), (out_b, grad_b) = results
+    torch.testing.assert_close(out_b, out_a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_b, grad_a, rtol=1e-5, atol=1e-6)
+
+
 AUTOCAST_CASES = {name: _config(name) for name in list_blocks()} | {
     "gsa-2d": block_config("gsa", heads=2, positional="2d", rel_span=2).with_feature_size(SIZE),
     "gsa-content": block_config("gsa", heads=2, positional="none").with_feature_size(SIZE),
