@@ -68,6 +68,15 @@ AUTOCAST_CASES = {name: _config(name) for name in list_blocks()} | {
 }
 
 
+@pytest.mark.parametrize("case", ["conv", "explicit", "mhsa", "gsa", "gsa-2d", "gsa-content"])
+def test_blocks_run_on_the_meta_device(case):
+    """Shape inference without memory (``torch.device('meta')``), e.g. to size a model before building it."""
+    cfg = AUTOCAST_CASES[case]
+    block = create_block(cfg, 6, 8, stride=2).to("meta")
+    out = block(torch.empty(2, 6, SIZE, SIZE, device="meta"))
+    assert out.device.type == "meta" and out.shape == (2, 8, SIZE // 2, SIZE // 2)
+
+
 @pytest.mark.parametrize("case", list(AUTOCAST_CASES))
 def test_bf16_autocast_forward_and_backward_follow_float32(case):
     """Mixed precision (how the trainer runs on CUDA; CPU autocast exercises the same casts): every

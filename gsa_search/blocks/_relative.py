@@ -71,7 +71,10 @@ class _RelativeAxisAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qt, v, emb, base, transpose_out: bool, recompute: bool):  # type: ignore[override]
         # qt: (N, L_i, S, d_k); v: (N, S, L, d_v); emb: (N, L_i, L_a, d_k); base: like out or None
-        with torch.autocast(qt.device.type, enabled=False):  # inputs share one dtype already
+        device = qt.device.type
+        if not torch.amp.is_autocast_available(device):  # e.g. the meta device
+            return _RelativeAxisAttention._forward(ctx, qt, v, emb, base, transpose_out, recompute)
+        with torch.autocast(device, enabled=False):  # the inputs share one dtype already
             return _RelativeAxisAttention._forward(ctx, qt, v, emb, base, transpose_out, recompute)
 
     @staticmethod
