@@ -35,8 +35,8 @@ __all__ = ["relative_axis_attention"]
 CHUNK_ELEMENTS = 1 << 19
 
 
-def _chunks(sequences: int, length: int) -> list[slice]:
-    size = max(1, CHUNK_ELEMENTS // (length * length))
+def _chunks(sequences: int, length: int, keys: int) -> list[slice]:
+    size = max(1, CHUNK_ELEMENTS // (length * keys))
     return [slice(start, min(sequences, start + size)) for start in range(0, sequences, size)]
 
 
@@ -85,7 +85,7 @@ class _RelativeAxisAttention(torch.autograd.Function):
         out = v.new_empty((n, s, d_v, length) if transpose_out else (n, s, length, d_v))
         kept = []
         for h in range(n):
-            for part in _chunks(s, length):
+            for part in _chunks(s, length, v.shape[2]):
                 logits = torch.bmm(qt[h, :, part], keys[h])  # (L_i, S_c, L_a)
                 if not recompute:
                     kept.append(logits)
@@ -113,7 +113,7 @@ class _RelativeAxisAttention(torch.autograd.Function):
         d_emb = torch.zeros_like(emb)
         kept = iter(logits_kept)
         for h in range(n):
-            for part in _chunks(s, length):
+            for part in _chunks(s, length, v.shape[2]):
                 g = grad[h, part]
                 g = _blas(g.transpose(1, 2) if ctx.transpose_out else g)  # (S_c, L_i, d_v)
                 logits = next(kept) if logits_kept else torch.bmm(qt[h, :, part], keys[h])  # (L_i, S_c, L_a)
@@ -134,7 +134,10 @@ def relative_axis_attention(
     transpose_out: bool = False,
     recompute: bool = False,
 ) -> torch.Tensor:
-    """``(N, L, S, d_k), (N, S, L, d_v), (N, L, L, d_k)[, base] -> (N, S, L, d_v)``, contiguous.
+    """``(N, L, S, d_k), (N, S, L_a, d_v), (N, L, L_a, d_k)[, base] -> (N, S, L, d_v)``, contiguous.
+
+    Each sequence's ``L_a`` keys are usually its own ``L`` positions; the 2D path gives each row the
+    keys of all the rows in its window instead.
 
     With ``transpose_out`` the result (and ``base``) is ``(N, S, d_v, L)`` instead: positions
     innermost, the layout of an NCHW map. ``recompute`` keeps no logits for backward and forms
@@ -142,10 +145,11 @@ def relative_axis_attention(
     kernel's time). See the module docstring.
     """
     n, length, s, _ = qt.shape
-    if v.shape[:3] != (n, s, length) or emb.shape[:3] != (n, length, length) or emb.shape[3] != qt.shape[3]:
+    keys = v.shape[2]
+    if v.shape[:2] != (n, s) or emb.shape[:3] != (n, length, keys) or emb.shape[3] != qt.shape[3]:
         raise ValueError(
             f"relative_axis_attention: shapes q {tuple(qt.shape)}, v {tuple(v.shape)}, emb {tuple(emb.shape)} "
-            "do not fit (N, L, S, d_k), (N, S, L, d_v), (N, L, L, d_k)"
+            "do not fit (N, L, S, d_k), (N, S, L_a, d_v), (N, L, L_a, d_k)"
         )
     # one dtype throughout, the queries' (under autocast: the projection's lower precision); the
     # casts are outside the function, so autograd returns each gradient in its input's dtype

@@ -310,9 +310,9 @@ class AxialPositionalAttention(nn.Module):
 class Positional2DAttention(nn.Module):
     """2D relative positional attention over a ``(2r+1) x (2r+1)`` window (no softmax).
 
-    Computed exactly as ``2r+1`` row problems: for each row offset ``dy`` the window's row
-    ``R[dy, :]`` is a 1-D relative attention along W over the values shifted by ``dy`` rows, which
-    reuses the axial kernel (:func:`relative_axis_attention`). Cost: ``(2r+1) * (H + r) * W * W``
+    Computed exactly with the axial kernel (:func:`relative_axis_attention`): every query row
+    attends to the ``(2r+1) * W`` values of the ``2r+1`` rows around it, with the window's row
+    ``R[dy, :]`` as a banded W x W table for each row offset. Cost: ``(2r+1) * (H + r) * W * W``
     per head and channel (dense rows; the ``r`` padding rows per image are computed), so a global
     window is quadratic in H*W. Layouts as :class:`AxialPositionalAttention`.
     """
@@ -330,21 +330,24 @@ class Positional2DAttention(nn.Module):
         s = self.span
         rel = self.rel[:, s - ry : s + ry + 1, s - rx : s + rx + 1]  # (E, 2ry+1, 2rx+1, d_k)
         # Every image followed by ry zero rows, all flattened into one sequence axis (after ry more
-        # zero rows for the values): query sequence t = b*(H+ry) + i (zero on the padding rows)
-        # reads, for row offset dy, value sequence t + dy, i.e. row i + dy - ry of image b; the ry
-        # zero rows between two images pad both. One kernel call per dy covers all images.
+        # zero rows for the values): query row t = b*(H+ry) + i (zero on the padding rows) attends
+        # to value rows t .. t + 2ry, i.e. rows i - ry .. i + ry of image b; the ry zero rows between
+        # two images pad both. Those 2ry+1 rows are consecutive in the flattened values, so every
+        # query row's (2ry+1)*W keys are one window of them (a view): one kernel call for all rows,
+        # all images and all row offsets.
         rows = h + ry
         seqs = b * rows  # padding rows included (zero queries), so the work per image is fixed
         q_pad = nn.functional.pad(q, (0, 0, 0, 0, 0, 0, 0, ry)).view(seqs, w, n, d_k)
         v_pad = nn.functional.pad(v, (0, 0, 0, 0, 0, 0, 0, ry)).view(seqs, w, n, d_v)
-        v_pad = nn.functional.pad(v_pad, (0, 0, 0, 0, 0, 0, ry, ry))  # leading pad; the last windows fit
-        out = None
-        for dy in range(2 * ry + 1):
-            emb = relative_to_absolute(rel[:, dy], w, rx).expand(n, -1, -1, -1)  # (N, W, W, d_k)
-            values = _sequence_major(v_pad[dy : dy + seqs])
-            out = relative_axis_attention(
-                _position_major(q_pad), values, emb, out, transpose_out=True, recompute=self.recompute
-            )
+        v_pad = nn.functional.pad(v_pad, (0, 0, 0, 0, 0, 0, ry, ry)).view(-1, n, d_v)  # (rows * W, N, d_v)
+        keys = (2 * ry + 1) * w
+        values = v_pad.unfold(0, keys, w)[:seqs].permute(1, 0, 3, 2)  # (N, seqs, (2ry+1)*W, d_v)
+        # embeddings of every (query column, key row offset, key column): the window's row dy as an
+        # absolute W x W table, side by side for dy = 0 .. 2ry
+        emb = torch.cat([relative_to_absolute(rel[:, dy], w, rx) for dy in range(2 * ry + 1)], dim=2)
+        out = relative_axis_attention(
+            _position_major(q_pad), values, emb.expand(n, -1, -1, -1), transpose_out=True, recompute=self.recompute
+        )  # (N, seqs, d_v, W)
         return out.view(n, b, rows, d_v, w)[:, :, :h].permute(1, 0, 3, 2, 4)
 
 
