@@ -25,8 +25,8 @@ backbone builder fills it in per stage.
 Implementation: the projection returns q, k, v channels last (one batched matmul, no copy of the
 input), which both positional steps and the content path read in place through strided views; the
 relative-attention kernel (``_relative.py``) writes the row step's result in NCHW order, so the
-block needs no transpose at its output. The 2D path's cost also grows with W (it is computed as
-``2r+1`` dense row problems).
+block needs no transpose at its output. The 2D path's cost also grows with W (every query row
+attends to all ``(2r+1) * W`` values of its window rows, zeros outside the window included).
 """
 
 from __future__ import annotations
