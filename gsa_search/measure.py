@@ -49,7 +49,7 @@ from torch import nn
 from .blocks.base import BlockConfig, block_config, block_config_from_dict, head_dims
 from .blocks.conv import ConvConfig
 from .blocks.explicit import ExplicitConfig
-from .blocks.gsa import GSAConfig
+from .blocks.gsa import GSAConfig, local_strips
 from .blocks.mhsa import MHSAConfig
 from .registry import Registry
 
@@ -371,12 +371,14 @@ def _gsa_formula(cfg: GSAConfig, c_in: int, c_out: int, height: int, width: int,
         # along W; each costs N * L * axis * (d_k + d_v) whatever the span (dense L x L embeddings).
         macs += n * length * (height + width) * (d_k + d_v)
     elif cfg.positional == "2d":
-        # Positional2DAttention: 2*ry+1 row problems, each a relative_axis_attention along W over
-        # dense W x W embeddings, run over frames of H + ry rows (the padding rows' queries are zero
-        # but computed): N * (H + ry) * W * W * (d_k + d_v) per row offset.
+        # Positional2DAttention: every query row (H + ry per image and strip, the padding rows'
+        # queries are zero but computed) against the 2*ry+1 rows of its window, each `cols` keys wide:
+        # the whole row (dense) or a strip plus rx columns either side.
         span = cfg.span() if cfg.feature_size is not None or not cfg.global_span else max(height, width) - 1
-        ry = min(span, height - 1)
-        macs += (2 * ry + 1) * n * (height + ry) * width * width * (d_k + d_v)
+        ry, rx = min(span, height - 1), min(span, width - 1)
+        strip, strips = local_strips(width, rx)
+        cols = strip + 2 * rx if strips > 1 else width
+        macs += n * strips * (height + ry) * strip * (2 * ry + 1) * cols * (d_k + d_v)
     if cfg.output_proj:
         macs += length * n * d_v * c_out
     return macs

@@ -48,6 +48,7 @@ from gsa_search.blocks import (
     Positional2DAttention,
     create_block,
 )
+from gsa_search.blocks import gsa as gsa_module
 from gsa_search.blocks.conv import ConvConfig
 from gsa_search.blocks.explicit import gaussian_kernel
 
@@ -495,6 +496,32 @@ def _window_geometry(span, h, w):
         abs(b - j) <= span for j in range(w) for b in range(w)
     )
     return "full" if full else "masked"
+
+
+@pytest.mark.parametrize(
+    "span,h,w,strip_width,strips",
+    [
+        (1, 3, 48, None, (16, 3)),  # the default strip width on a wide map
+        (1, 4, 13, 2, (2, 7)),  # narrow strips forced; the last strip is part padding
+        (2, 3, 16, 3, (3, 6)),
+        (3, 4, 9, 2, (9, 1)),  # window wider than a strip is worth: whole rows
+    ],
+)
+def test_positional_2d_strips_match_naive(monkeypatch, span, h, w, strip_width, strips):
+    """Local windows on wide maps run in column strips that read only the columns around them;
+    every strip width, a ragged last strip and the whole-row fallback give the naive result, and
+    gradients stay exact."""
+    if strip_width is not None:
+        monkeypatch.setattr(gsa_module, "STRIP_WIDTH", strip_width)
+    assert gsa_module.local_strips(w, min(span, w - 1)) == strips
+    torch.manual_seed(26)
+    module = Positional2DAttention(heads=HEADS, dim_key=DK, span=span).double()
+    q, v = _qv(h, w, seed=27)
+    assert_matches(run_positional(module, q, v), ref_positional_2d(q, v, module.rel.detach()))
+    q.requires_grad_(True)
+    v.requires_grad_(True)
+    inputs = (q, v, module.rel.detach().clone().requires_grad_(True))
+    assert torch.autograd.gradcheck(lambda *a: _functional(module, a), inputs, eps=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("span,h,w,geometry", POS2D_CASES)

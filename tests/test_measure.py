@@ -214,3 +214,15 @@ def test_per_image_flops_do_not_depend_on_the_batch(variant):
     single, triple = (count_flops(block, (b, C_IN, 10, 9)) for b in (1, 3))
     assert triple.total == 3 * single.total
     assert triple.per_image == single.per_image == analytic_flops(cfg, C_IN, C_OUT, 10, 9)
+
+
+def test_2d_formula_follows_the_strips_on_wide_maps():
+    """A local 2D window on a wide map runs in column strips; the count and the formula agree there
+    too, and both are well below the whole-row cost."""
+    cfg = block_config("gsa", heads=2, positional="2d", rel_span=1, feature_size=48)
+    block = create_block(cfg, C_IN, C_OUT)
+    count = count_flops(block, (1, C_IN, 6, 48))
+    assert count.total == analytic_flops(cfg, C_IN, C_OUT, 6, 48)
+    d = C_OUT // 2
+    whole_rows = 2 * (6 + 1) * 48 * 3 * 48 * (d + d)
+    assert count.by_module["positional"] < 0.5 * whole_rows

@@ -51,6 +51,7 @@ __all__ = [
     "AxialPositionalAttention",
     "Positional2DAttention",
     "relative_to_absolute",
+    "local_strips",
 ]
 
 POSITIONAL_MODES = ("axial", "2d", "none")
@@ -307,14 +308,40 @@ class AxialPositionalAttention(nn.Module):
         return p.view(n, b, h, d_v, w).permute(1, 0, 3, 2, 4)
 
 
+# Width of the column strips a local 2D window is computed in (queries per strip row); narrower
+# strips waste fewer multiply-adds but make the kernel's batched matmuls too small to run fast.
+STRIP_WIDTH = 16
+
+
+def local_strips(width: int, span: int) -> tuple[int, int]:
+    """``(strip, strips)``: how :class:`Positional2DAttention` splits rows of ``width`` queries for a
+    horizontal span ``span``. Strips of ``STRIP_WIDTH`` queries, each reading ``strip + 2*span``
+    columns, when that costs at most half the multiply-adds of dense rows (every query against the
+    whole row); otherwise one strip, the whole row."""
+    strip = STRIP_WIDTH
+    strips = -(-width // strip)
+    if strip < width and 2 * strips * strip * (strip + 2 * span) <= width * width:
+        return strip, strips
+    return width, 1
+
+
+def _window_embedding(rel: torch.Tensor, strip: int, span: int) -> torch.Tensor:
+    """``(E, 2*span+1, d) -> (E, strip, strip + 2*span, d)``: query ``p`` of a strip and key ``c`` of its
+    window (``c - span`` columns right of the strip's first query) get ``rel[c - p]`` when
+    ``0 <= c - p <= 2*span``, zero otherwise."""
+    padded = nn.functional.pad(rel, (0, 0, strip - 1, strip - 1))
+    return padded.unfold(1, strip + 2 * span, 1).flip(1).transpose(2, 3)
+
+
 class Positional2DAttention(nn.Module):
     """2D relative positional attention over a ``(2r+1) x (2r+1)`` window (no softmax).
 
     Computed exactly with the axial kernel (:func:`relative_axis_attention`): every query row
-    attends to the ``(2r+1) * W`` values of the ``2r+1`` rows around it, with the window's row
-    ``R[dy, :]`` as a banded W x W table for each row offset. Cost: ``(2r+1) * (H + r) * W * W``
-    per head and channel (dense rows; the ``r`` padding rows per image are computed), so a global
-    window is quadratic in H*W. Layouts as :class:`AxialPositionalAttention`.
+    attends to the values of the ``2r+1`` rows around it, with the window's row ``R[dy, :]`` as a
+    banded table for each row offset. Rows are whole (cost ``(2r+1) * (H + r) * W * W`` per head
+    and channel, quadratic in H*W for a global window) or, for a local span on a wide map, cut into
+    strips of queries that read only the ``strip + 2r`` columns around them (:func:`local_strips`).
+    The ``r`` padding rows per image are computed too. Layouts as :class:`AxialPositionalAttention`.
     """
 
     def __init__(self, *, heads: int, dim_key: int, span: int, shared: bool = False, recompute: bool = False) -> None:
@@ -329,26 +356,39 @@ class Positional2DAttention(nn.Module):
         ry, rx = min(self.span, h - 1), min(self.span, w - 1)
         s = self.span
         rel = self.rel[:, s - ry : s + ry + 1, s - rx : s + rx + 1]  # (E, 2ry+1, 2rx+1, d_k)
-        # Every image followed by ry zero rows, all flattened into one sequence axis (after ry more
-        # zero rows for the values): query row t = b*(H+ry) + i (zero on the padding rows) attends
-        # to value rows t .. t + 2ry, i.e. rows i - ry .. i + ry of image b; the ry zero rows between
-        # two images pad both. Those 2ry+1 rows are consecutive in the flattened values, so every
-        # query row's (2ry+1)*W keys are one window of them (a view): one kernel call for all rows,
-        # all images and all row offsets.
+        strip, strips = local_strips(w, rx)
+        halo = rx if strips > 1 else 0  # key columns read left and right of a strip
+        cols = strip + 2 * halo  # key columns per strip row
+        # Every (image, strip) frame followed by ry zero rows, all flattened into one sequence axis
+        # (after ry more zero rows for the values): query row t = (b*strips + k)*(H+ry) + i attends
+        # to value rows t .. t + 2ry, i.e. rows i - ry .. i + ry of that strip; the ry zero rows
+        # between two frames pad both. Those rows are consecutive in the flattened values, so every
+        # query row's (2ry+1) * cols keys are one window of them (a view): one kernel call for all
+        # rows, strips, images and row offsets.
         rows = h + ry
-        seqs = b * rows  # padding rows included (zero queries), so the work per image is fixed
-        q_pad = nn.functional.pad(q, (0, 0, 0, 0, 0, 0, 0, ry)).view(seqs, w, n, d_k)
-        v_pad = nn.functional.pad(v, (0, 0, 0, 0, 0, 0, 0, ry)).view(seqs, w, n, d_v)
-        v_pad = nn.functional.pad(v_pad, (0, 0, 0, 0, 0, 0, ry, ry)).view(-1, n, d_v)  # (rows * W, N, d_v)
-        keys = (2 * ry + 1) * w
-        values = v_pad.unfold(0, keys, w)[:seqs].permute(1, 0, 3, 2)  # (N, seqs, (2ry+1)*W, d_v)
-        # embeddings of every (query column, key row offset, key column): the window's row dy as an
-        # absolute W x W table, side by side for dy = 0 .. 2ry
-        emb = torch.cat([relative_to_absolute(rel[:, dy], w, rx) for dy in range(2 * ry + 1)], dim=2)
+        seqs = b * strips * rows  # padding rows included (zero queries): fixed work per image
+        q_frame = nn.functional.pad(q, (0, 0, 0, 0, 0, strips * strip - w))
+        q_frame = q_frame.view(b, h, strips, strip, n, d_k).transpose(1, 2)  # (B, strips, H, strip, N, d_k)
+        q_frame = nn.functional.pad(q_frame, (0, 0, 0, 0, 0, 0, 0, ry)).reshape(seqs, strip, n, d_k)
+        v_frame = nn.functional.pad(v, (0, 0, 0, 0, halo, strips * strip - w + halo)).unfold(2, cols, strip)
+        v_frame = v_frame.permute(0, 2, 1, 5, 3, 4)  # (B, strips, H, cols, N, d_v)
+        v_frame = nn.functional.pad(v_frame, (0, 0, 0, 0, 0, 0, 0, ry)).reshape(seqs, cols, n, d_v)
+        v_frame = nn.functional.pad(v_frame, (0, 0, 0, 0, 0, 0, ry, ry)).view(-1, n, d_v)
+        values = v_frame.unfold(0, (2 * ry + 1) * cols, cols)[:seqs].permute(1, 0, 3, 2)  # (N, seqs, keys, d_v)
+        # embeddings of every (query column, key row offset, key column), side by side for each dy
+        tables = [
+            _window_embedding(rel[:, dy], strip, rx) if halo else relative_to_absolute(rel[:, dy], w, rx)
+            for dy in range(2 * ry + 1)
+        ]
         out = relative_axis_attention(
-            _position_major(q_pad), values, emb.expand(n, -1, -1, -1), transpose_out=True, recompute=self.recompute
-        )  # (N, seqs, d_v, W)
-        return out.view(n, b, rows, d_v, w)[:, :, :h].permute(1, 0, 3, 2, 4)
+            _position_major(q_frame),
+            values,
+            torch.cat(tables, dim=2).expand(n, -1, -1, -1),
+            transpose_out=True,
+            recompute=self.recompute,
+        )  # (N, seqs, d_v, strip)
+        out = out.view(n, b, strips, rows, d_v, strip)[:, :, :, :h]
+        return out.permute(1, 0, 4, 3, 2, 5).reshape(b, n, d_v, h, strips * strip)[..., :w]
 
 
 @register_block("gsa", config=GSAConfig)
