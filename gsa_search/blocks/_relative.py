@@ -2,13 +2,12 @@
 
 Status: stable; checked by gradcheck and against plain-loop references in the tests.
 
-``out[n, s, i] = base[n, s, i] + sum_a (q[n, i, s] . emb[n, i, a]) v[n, s, a]`` for ``N`` heads,
+``out[n, s, i] = sum_a (q[n, i, s] . emb[n, i, a]) v[n, s, a]`` for ``N`` heads,
 ``S`` independent sequences (batch x the other axis) of length ``L``, with ``emb`` the relative
 embeddings expanded to absolute pairs (zero outside the span). Queries come position-major,
 ``(N, L, S, d_k)``, the layout in which the logits are one batched matmul per ``(head, position)``;
-values, ``base`` and the output come sequence-major, ``(N, S, L, d)`` (or, for the output and
-``base``, ``(N, S, d_v, L)``: the layout of an NCHW map, so a block's last step writes its result
-without a transpose).
+values and the output come sequence-major, ``(N, S, L, d)`` (or, for the output, ``(N, S, d_v, L)``:
+the layout of an NCHW map, so a block's last step writes its result without a transpose).
 
 The operands may be strided views (of a channels-last projection, say): any layout works in which
 each ``(S, d_k)`` / ``(L, d_v)`` matrix is row- or column-major, which batched BLAS reads in place,
@@ -69,16 +68,16 @@ def _bmm_into(dest: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 
 class _RelativeAxisAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qt, v, emb, base, transpose_out: bool, recompute: bool):  # type: ignore[override]
-        # qt: (N, L_i, S, d_k); v: (N, S, L, d_v); emb: (N, L_i, L_a, d_k); base: like out or None
+    def forward(ctx, qt, v, emb, transpose_out: bool, recompute: bool):  # type: ignore[override]
+        # qt: (N, L_i, S, d_k); v: (N, S, L_a, d_v); emb: (N, L_i, L_a, d_k)
         device = qt.device.type
         if not torch.amp.is_autocast_available(device):  # e.g. the meta device
-            return _RelativeAxisAttention._forward(ctx, qt, v, emb, base, transpose_out, recompute)
+            return _RelativeAxisAttention._forward(ctx, qt, v, emb, transpose_out, recompute)
         with torch.autocast(device, enabled=False):  # the inputs share one dtype already
-            return _RelativeAxisAttention._forward(ctx, qt, v, emb, base, transpose_out, recompute)
+            return _RelativeAxisAttention._forward(ctx, qt, v, emb, transpose_out, recompute)
 
     @staticmethod
-    def _forward(ctx, qt, v, emb, base, transpose_out: bool, recompute: bool):  # type: ignore[no-untyped-def]
+    def _forward(ctx, qt, v, emb, transpose_out: bool, recompute: bool):  # type: ignore[no-untyped-def]
         n, length, s, _ = qt.shape
         d_v = v.shape[-1]
         keys = emb.transpose(2, 3)  # (N, L_i, d_k, L_a)
@@ -93,11 +92,8 @@ class _RelativeAxisAttention(torch.autograd.Function):
                     a, b = v[h, part].transpose(1, 2), logits.permute(1, 2, 0)
                 else:  # out = A V: (S_c, L_i, L_a) @ (S_c, L_a, d_v)
                     a, b = logits.transpose(0, 1), v[h, part]
-                if base is None:
-                    torch.bmm(a, b, out=out[h, part])
-                else:
-                    torch.baddbmm(base[h, part], a, b, out=out[h, part])
-        ctx.has_base, ctx.transpose_out = base is not None, transpose_out
+                torch.bmm(a, b, out=out[h, part])
+        ctx.transpose_out = transpose_out
         ctx.save_for_backward(qt, v, emb, *kept)  # saved tensors, so memory accounting sees them
         return out
 
@@ -122,24 +118,23 @@ class _RelativeAxisAttention(torch.autograd.Function):
                 d_logits = torch.bmm(g, v[h, part].transpose(1, 2)).transpose(0, 1)  # (L_i, S_c, L_a)
                 _bmm_into(d_qt[h, :, part], d_logits, emb[h])
                 d_emb[h].baddbmm_(d_logits.transpose(1, 2), qt[h, :, part])
-        return d_qt, d_v, d_emb, (grad if ctx.has_base else None), None, None
+        return d_qt, d_v, d_emb, None, None
 
 
 def relative_axis_attention(
     qt: torch.Tensor,
     v: torch.Tensor,
     emb: torch.Tensor,
-    base: torch.Tensor | None = None,
     *,
     transpose_out: bool = False,
     recompute: bool = False,
 ) -> torch.Tensor:
-    """``(N, L, S, d_k), (N, S, L_a, d_v), (N, L, L_a, d_k)[, base] -> (N, S, L, d_v)``, contiguous.
+    """``(N, L, S, d_k), (N, S, L_a, d_v), (N, L, L_a, d_k) -> (N, S, L, d_v)``, contiguous.
 
     Each sequence's ``L_a`` keys are usually its own ``L`` positions; the 2D path gives each row the
     keys of all the rows in its window instead.
 
-    With ``transpose_out`` the result (and ``base``) is ``(N, S, d_v, L)`` instead: positions
+    With ``transpose_out`` the result is ``(N, S, d_v, L)`` instead: positions
     innermost, the layout of an NCHW map. ``recompute`` keeps no logits for backward and forms
     them again there: ``N*S*L*L`` fewer elements stored, one more matmul pass (about 15% of the
     kernel's time). See the module docstring.
@@ -154,10 +149,6 @@ def relative_axis_attention(
     # one dtype throughout, the queries' (under autocast: the projection's lower precision); the
     # casts are outside the function, so autograd returns each gradient in its input's dtype
     v, emb = v.to(qt.dtype), emb.to(qt.dtype)
-    base = None if base is None else base.to(qt.dtype)
     qt = qt if _blas_ok(qt[0]) else qt.contiguous()
     v = v if _blas_ok(v[0]) else v.contiguous()
-    out_shape = (n, s, v.shape[-1], length) if transpose_out else (n, s, length, v.shape[-1])
-    if base is not None and tuple(base.shape) != out_shape:
-        raise ValueError(f"relative_axis_attention: base {tuple(base.shape)} does not match the output {out_shape}")
-    return _RelativeAxisAttention.apply(qt, v, emb.contiguous(), base, transpose_out, recompute)
+    return _RelativeAxisAttention.apply(qt, v, emb.contiguous(), transpose_out, recompute)
