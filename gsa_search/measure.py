@@ -49,7 +49,7 @@ from torch import nn
 from .blocks.base import BlockConfig, block_config, block_config_from_dict, head_dims
 from .blocks.conv import ConvConfig
 from .blocks.explicit import ExplicitConfig
-from .blocks.gsa import GSAConfig, local_strips
+from .blocks.gsa import GSAConfig, window_path
 from .blocks.mhsa import MHSAConfig
 from .registry import Registry
 
@@ -183,6 +183,13 @@ def _relative_axis_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
     return Counter({"relative_axis_attention": n * length * seqs * length_a * (d_k + d_v)})
 
 
+def _window_sum_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
+    """``blocks._window.window_sum(a, v)``: one multiply-add per weight and value channel,
+    ``N*B*H*W*K*d_v`` with ``a (N, B, H, W, K)`` (offsets falling outside the map included, as a
+    padded convolution counts its zero taps)."""
+    return Counter({"window_sum": math.prod(_shape(inputs[0])) * _shape(inputs[1])[-1]})
+
+
 def _projection_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
     """``blocks.gsa.PointwiseProjection``: a 1x1 convolution, ``B*H*W*C_in*C_out``."""
     x, weight = _shape(inputs[0]), _shape(inputs[1])
@@ -205,6 +212,7 @@ def _fvcore_handles() -> dict[str, Callable[[list[Any], list[Any]], Any]]:
         # custom autograd functions are traced as one opaque node named after the class
         "prim::PythonOp._RelativeAxisAttention": _relative_axis_macs,
         "prim::PythonOp._Projection": _projection_macs,
+        "gsa_search::window_sum": _window_sum_macs,
     }
 
 
@@ -371,14 +379,15 @@ def _gsa_formula(cfg: GSAConfig, c_in: int, c_out: int, height: int, width: int,
         # along W; each costs N * L * axis * (d_k + d_v) whatever the span (dense L x L embeddings).
         macs += n * length * (height + width) * (d_k + d_v)
     elif cfg.positional == "2d":
-        # Positional2DAttention: every query row (H + ry per image and strip, the padding rows'
-        # queries are zero but computed) against the 2*ry+1 rows of its window, each `cols` keys wide:
-        # the whole row (dense) or a strip plus rx columns either side.
+        # Positional2DAttention: window path, every query against its (2ry+1) x (2rx+1) offsets
+        # (logits matmul + window sum); row path, every query row (H + ry per image: the padding rows'
+        # queries are zero but computed) against the 2ry+1 whole rows of its window.
         span = cfg.span() if cfg.feature_size is not None or not cfg.global_span else max(height, width) - 1
         ry, rx = min(span, height - 1), min(span, width - 1)
-        strip, strips = local_strips(width, rx)
-        cols = strip + 2 * rx if strips > 1 else width
-        macs += n * strips * (height + ry) * strip * (2 * ry + 1) * cols * (d_k + d_v)
+        if window_path(height, width, ry, rx):
+            macs += n * length * (2 * ry + 1) * (2 * rx + 1) * (d_k + d_v)
+        else:
+            macs += n * (height + ry) * width * (2 * ry + 1) * width * (d_k + d_v)
     if cfg.output_proj:
         macs += length * n * d_v * c_out
     return macs

@@ -1,5 +1,20 @@
 """Shared test settings: deterministic CPU runs with few threads (the CI machine has 2 cores)."""
 
+import os
+
+import pytest
 import torch
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture
+def native_kernel():
+    """The compiled local-window kernel; skips (fails with ``CI=true``) where it cannot be built."""
+    from gsa_search.blocks import _window
+
+    if not _window.native_available():
+        reason = f"compiled window kernel unavailable: {_window._failed or 'GSA_SEARCH_NATIVE=0'}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)

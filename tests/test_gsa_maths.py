@@ -498,35 +498,30 @@ def _window_geometry(span, h, w):
     return "full" if full else "masked"
 
 
-@pytest.mark.parametrize(
-    "span,h,w,strip_width,strips",
-    [
-        (1, 3, 48, None, (16, 3)),  # the default strip width on a wide map
-        (1, 4, 13, 2, (2, 7)),  # narrow strips forced; the last strip is part padding
-        (2, 3, 16, 3, (3, 6)),
-        (3, 4, 9, 2, (9, 1)),  # window wider than a strip is worth: whole rows
-    ],
-)
-def test_positional_2d_strips_match_naive(monkeypatch, span, h, w, strip_width, strips):
-    """Local windows on wide maps run in column strips that read only the columns around them;
-    every strip width, a ragged last strip and the whole-row fallback give the naive result, and
-    gradients stay exact."""
-    if strip_width is not None:
-        monkeypatch.setattr(gsa_module, "STRIP_WIDTH", strip_width)
-    assert gsa_module.local_strips(w, min(span, w - 1)) == strips
-    torch.manual_seed(26)
-    module = Positional2DAttention(heads=HEADS, dim_key=DK, span=span).double()
-    q, v = _qv(h, w, seed=27)
-    assert_matches(run_positional(module, q, v), ref_positional_2d(q, v, module.rel.detach()))
-    q.requires_grad_(True)
-    v.requires_grad_(True)
-    inputs = (q, v, module.rel.detach().clone().requires_grad_(True))
-    assert torch.autograd.gradcheck(lambda *a: _functional(module, a), inputs, eps=1e-6, atol=1e-6)
+@pytest.fixture(params=["rows", "window", "window-torch"])
+def pos2d_path(request, monkeypatch):
+    """Force one of ``Positional2DAttention``'s algorithms: banded whole rows, the window path with
+    its compiled CPU kernel, or the window path in plain PyTorch (what CUDA and machines without a C
+    compiler run)."""
+    monkeypatch.setattr(gsa_module, "WINDOW_COST", math.inf if request.param == "rows" else 0.0)
+    if request.param == "window-torch":
+        monkeypatch.setenv("GSA_SEARCH_NATIVE", "0")
+    elif request.param == "window":
+        request.getfixturevalue("native_kernel")
+    return request.param
+
+
+def test_window_path_is_chosen_by_sizes_alone():
+    """Local windows read only their keys; windows about as wide as the map use whole rows."""
+    assert gsa_module.window_path(32, 32, 3, 3) and gsa_module.window_path(64, 64, 3, 3)
+    assert gsa_module.window_path(16, 16, 3, 3) and gsa_module.window_path(32, 32, 7, 7)
+    assert not gsa_module.window_path(32, 32, 31, 31)  # global
+    assert not gsa_module.window_path(16, 16, 7, 7)
 
 
 @pytest.mark.parametrize("span,h,w,geometry", POS2D_CASES)
 @pytest.mark.parametrize("shared", [False, True])
-def test_positional_2d_matches_naive(span, h, w, geometry, shared):
+def test_positional_2d_matches_naive(pos2d_path, span, h, w, geometry, shared):
     assert _window_geometry(span, h, w) == geometry  # the case really has the intended geometry
     torch.manual_seed(20)
     module = Positional2DAttention(heads=HEADS, dim_key=DK, span=span, shared=shared).double()
@@ -535,7 +530,7 @@ def test_positional_2d_matches_naive(span, h, w, geometry, shared):
     assert_matches(run_positional(module, q, v), ref_positional_2d(q, v, module.rel.detach()))
 
 
-def test_positional_2d_offsets_are_not_transposed_or_flipped():
+def test_positional_2d_offsets_are_not_transposed_or_flipped(pos2d_path):
     torch.manual_seed(22)
     module = Positional2DAttention(heads=HEADS, dim_key=DK, span=1).double()
     q, v = _qv(5, 4, seed=23)
@@ -558,6 +553,19 @@ def test_positional_gradients_match_finite_differences(kind, span, h, w):
     v.requires_grad_(True)
     params = tuple(module.parameters())
     inputs = (q, v) + tuple(p.detach().clone().requires_grad_(True) for p in params)
+    assert torch.autograd.gradcheck(lambda *a: _functional(module, a), inputs, eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("span,h,w", [(1, 4, 5), (2, 3, 3), (1, 6, 2)])
+def test_positional_2d_gradients_on_every_path(pos2d_path, span, h, w):
+    """Both 2D algorithms (and both implementations of the window sum) against float64 finite
+    differences, for q, v and the embedding table."""
+    torch.manual_seed(26)
+    module = Positional2DAttention(heads=HEADS, dim_key=DK, span=span).double()
+    q, v = _qv(h, w, seed=27)
+    q.requires_grad_(True)
+    v.requires_grad_(True)
+    inputs = (q, v, module.rel.detach().clone().requires_grad_(True))
     assert torch.autograd.gradcheck(lambda *a: _functional(module, a), inputs, eps=1e-6, atol=1e-6)
 
 

@@ -216,13 +216,17 @@ def test_per_image_flops_do_not_depend_on_the_batch(variant):
     assert triple.per_image == single.per_image == analytic_flops(cfg, C_IN, C_OUT, 10, 9)
 
 
-def test_2d_formula_follows_the_strips_on_wide_maps():
-    """A local 2D window on a wide map runs in column strips; the count and the formula agree there
-    too, and both are well below the whole-row cost."""
+def test_2d_counts_only_the_window_for_local_spans():
+    """A local 2D window is computed key by key: the count (fvcore, through the window-sum op's
+    handle) and the formula both give logits + weighting over the (2r+1)^2 offsets, far below the
+    whole-row cost; torch's flop counter sees the same op."""
     cfg = block_config("gsa", heads=2, positional="2d", rel_span=1, feature_size=48)
     block = create_block(cfg, C_IN, C_OUT)
     count = count_flops(block, (1, C_IN, 6, 48))
     assert count.total == analytic_flops(cfg, C_IN, C_OUT, 6, 48)
     d = C_OUT // 2
+    assert count.by_module["positional"] == 2 * 6 * 48 * 9 * (d + d)
+    assert count.by_operator["window_sum"] == 2 * 6 * 48 * 9 * d
     whole_rows = 2 * (6 + 1) * 48 * 3 * 48 * (d + d)
-    assert count.by_module["positional"] < 0.5 * whole_rows
+    assert count.by_module["positional"] < 0.1 * whole_rows
+    assert _torch_macs(block.eval(), torch.randn(1, C_IN, 6, 48)) == pytest.approx(count.total, rel=0.01)

@@ -41,6 +41,7 @@ from torch import nn
 
 from ..config import check_bool, check_choice, check_positive_int
 from ._relative import relative_axis_attention
+from ._window import window_sum
 from .base import BlockConfig, SpatialMixer, downsample_pool, head_dims, register_block
 
 __all__ = [
@@ -51,7 +52,7 @@ __all__ = [
     "AxialPositionalAttention",
     "Positional2DAttention",
     "relative_to_absolute",
-    "local_strips",
+    "window_path",
 ]
 
 POSITIONAL_MODES = ("axial", "2d", "none")
@@ -308,40 +309,34 @@ class AxialPositionalAttention(nn.Module):
         return p.view(n, b, h, d_v, w).permute(1, 0, 3, 2, 4)
 
 
-# Width of the column strips a local 2D window is computed in (queries per strip row); narrower
-# strips waste fewer multiply-adds but make the kernel's batched matmuls too small to run fast.
-STRIP_WIDTH = 16
+# How many times faster (per multiply-add) the banded matmuls of the row path run than the window
+# kernel; the 2D path reads only its window unless rows cost fewer than that many times its MACs.
+WINDOW_COST = 2.0
 
 
-def local_strips(width: int, span: int) -> tuple[int, int]:
-    """``(strip, strips)``: how :class:`Positional2DAttention` splits rows of ``width`` queries for a
-    horizontal span ``span``. Strips of ``STRIP_WIDTH`` queries, each reading ``strip + 2*span``
-    columns, when that costs at most half the multiply-adds of dense rows (every query against the
-    whole row); otherwise one strip, the whole row."""
-    strip = STRIP_WIDTH
-    strips = -(-width // strip)
-    if strip < width and 2 * strips * strip * (strip + 2 * span) <= width * width:
-        return strip, strips
-    return width, 1
-
-
-def _window_embedding(rel: torch.Tensor, strip: int, span: int) -> torch.Tensor:
-    """``(E, 2*span+1, d) -> (E, strip, strip + 2*span, d)``: query ``p`` of a strip and key ``c`` of its
-    window (``c - span`` columns right of the strip's first query) get ``rel[c - p]`` when
-    ``0 <= c - p <= 2*span``, zero otherwise."""
-    padded = nn.functional.pad(rel, (0, 0, strip - 1, strip - 1))
-    return padded.unfold(1, strip + 2 * span, 1).flip(1).transpose(2, 3)
+def window_path(height: int, width: int, ry: int, rx: int) -> bool:
+    """Whether :class:`Positional2DAttention` computes a ``(2ry+1) x (2rx+1)`` window on a ``height x
+    width`` map key by key (:func:`~gsa_search.blocks._window.window_sum`, ``(2ry+1)(2rx+1)`` keys per
+    query) rather than as banded rows (``(2ry+1) * width`` keys per query, ``ry`` padding rows per
+    image): when the rows would cost more than ``WINDOW_COST`` times the window's multiply-adds."""
+    return WINDOW_COST * (2 * rx + 1) * height < width * (height + ry)
 
 
 class Positional2DAttention(nn.Module):
     """2D relative positional attention over a ``(2r+1) x (2r+1)`` window (no softmax).
 
-    Computed exactly with the axial kernel (:func:`relative_axis_attention`): every query row
-    attends to the values of the ``2r+1`` rows around it, with the window's row ``R[dy, :]`` as a
-    banded table for each row offset. Rows are whole (cost ``(2r+1) * (H + r) * W * W`` per head
-    and channel, quadratic in H*W for a global window) or, for a local span on a wide map, cut into
-    strips of queries that read only the ``strip + 2r`` columns around them (:func:`local_strips`).
-    The ``r`` padding rows per image are computed too. Layouts as :class:`AxialPositionalAttention`.
+    Two exact algorithms, picked by :func:`window_path` from the window and map sizes alone (so the
+    FLOPs count of a block never depends on the machine):
+
+    * window: logits ``q . R[dy, dx]`` for the ``(2r+1)^2`` offsets as one matmul, then each query's
+      weighted sum over its own window (:func:`~gsa_search.blocks._window.window_sum`: a compiled CPU
+      kernel, plain PyTorch elsewhere); ``(2r+1)^2 (d_k + d_v)`` multiply-adds per query and head.
+    * rows, for windows about as wide as the map: the axial kernel
+      (:func:`relative_axis_attention`), every query row against the ``2r+1`` whole rows around it
+      with the window's row ``R[dy, :]`` as a banded table; ``(2r+1) W (d_k + d_v)`` per query plus
+      ``r`` padding rows per image, quadratic in H*W for a global window.
+
+    Layouts as :class:`AxialPositionalAttention`.
     """
 
     def __init__(self, *, heads: int, dim_key: int, span: int, shared: bool = False, recompute: bool = False) -> None:
@@ -356,39 +351,32 @@ class Positional2DAttention(nn.Module):
         ry, rx = min(self.span, h - 1), min(self.span, w - 1)
         s = self.span
         rel = self.rel[:, s - ry : s + ry + 1, s - rx : s + rx + 1]  # (E, 2ry+1, 2rx+1, d_k)
-        strip, strips = local_strips(w, rx)
-        halo = rx if strips > 1 else 0  # key columns read left and right of a strip
-        cols = strip + 2 * halo  # key columns per strip row
-        # Every (image, strip) frame followed by ry zero rows, all flattened into one sequence axis
-        # (after ry more zero rows for the values): query row t = (b*strips + k)*(H+ry) + i attends
-        # to value rows t .. t + 2ry, i.e. rows i - ry .. i + ry of that strip; the ry zero rows
-        # between two frames pad both. Those rows are consecutive in the flattened values, so every
-        # query row's (2ry+1) * cols keys are one window of them (a view): one kernel call for all
-        # rows, strips, images and row offsets.
+        if window_path(h, w, ry, rx):
+            kk = (2 * ry + 1) * (2 * rx + 1)
+            logits = torch.matmul(q.flatten(0, 2).transpose(0, 1), rel.reshape(-1, kk, d_k).transpose(1, 2))
+            out = window_sum(logits.view(n, b, h, w, kk), v, ry, rx)  # (B, H, W, N, d_v)
+            return out.permute(0, 3, 4, 1, 2)
+        # Every image followed by ry zero rows, all flattened into one sequence axis (after ry more
+        # zero rows for the values): query row t = b*(H+ry) + i attends to value rows t .. t + 2ry,
+        # i.e. rows i - ry .. i + ry of its image; the ry zero rows between two images pad both.
+        # Those rows are consecutive in the flattened values, so every query row's (2ry+1) * W keys
+        # are one window of them (a view): one kernel call for all rows, images and row offsets.
         rows = h + ry
-        seqs = b * strips * rows  # padding rows included (zero queries): fixed work per image
-        q_frame = nn.functional.pad(q, (0, 0, 0, 0, 0, strips * strip - w))
-        q_frame = q_frame.view(b, h, strips, strip, n, d_k).transpose(1, 2)  # (B, strips, H, strip, N, d_k)
-        q_frame = nn.functional.pad(q_frame, (0, 0, 0, 0, 0, 0, 0, ry)).reshape(seqs, strip, n, d_k)
-        v_frame = nn.functional.pad(v, (0, 0, 0, 0, halo, strips * strip - w + halo)).unfold(2, cols, strip)
-        v_frame = v_frame.permute(0, 2, 1, 5, 3, 4)  # (B, strips, H, cols, N, d_v)
-        v_frame = nn.functional.pad(v_frame, (0, 0, 0, 0, 0, 0, 0, ry)).reshape(seqs, cols, n, d_v)
+        seqs = b * rows  # padding rows included (zero queries): fixed work per image
+        q_frame = nn.functional.pad(q, (0, 0, 0, 0, 0, 0, 0, ry)).reshape(seqs, w, n, d_k)
+        v_frame = nn.functional.pad(v, (0, 0, 0, 0, 0, 0, 0, ry)).reshape(seqs, w, n, d_v)
         v_frame = nn.functional.pad(v_frame, (0, 0, 0, 0, 0, 0, ry, ry)).view(-1, n, d_v)
-        values = v_frame.unfold(0, (2 * ry + 1) * cols, cols)[:seqs].permute(1, 0, 3, 2)  # (N, seqs, keys, d_v)
+        values = v_frame.unfold(0, (2 * ry + 1) * w, w)[:seqs].permute(1, 0, 3, 2)  # (N, seqs, keys, d_v)
         # embeddings of every (query column, key row offset, key column), side by side for each dy
-        tables = [
-            _window_embedding(rel[:, dy], strip, rx) if halo else relative_to_absolute(rel[:, dy], w, rx)
-            for dy in range(2 * ry + 1)
-        ]
+        tables = [relative_to_absolute(rel[:, dy], w, rx) for dy in range(2 * ry + 1)]
         out = relative_axis_attention(
             _position_major(q_frame),
             values,
             torch.cat(tables, dim=2).expand(n, -1, -1, -1),
             transpose_out=True,
             recompute=self.recompute,
-        )  # (N, seqs, d_v, strip)
-        out = out.view(n, b, strips, rows, d_v, strip)[:, :, :, :h]
-        return out.permute(1, 0, 4, 3, 2, 5).reshape(b, n, d_v, h, strips * strip)[..., :w]
+        )  # (N, seqs, d_v, W)
+        return out.view(n, b, rows, d_v, w)[:, :, :h].permute(1, 0, 3, 2, 4)
 
 
 @register_block("gsa", config=GSAConfig)

@@ -1,0 +1,400 @@
+"""Local-window weighted sum, the inner step of local 2D positional attention.
+
+``out[b, i, j, n] = sum_{dy, dx} a[n, b, i, j, dy, dx] * v[b, i + dy - ry, j + dx - rx, n]``
+with ``(dy, dx)`` over a ``(2ry+1) x (2rx+1)`` window and keys outside the map counting as zero.
+Each output reads only its window: ``(2ry+1)(2rx+1) * d_v`` multiply-adds, where the banded-matmul
+form of :func:`~gsa_search.blocks._relative.relative_axis_attention` reads whole rows.
+
+Two implementations with the same results behind one custom operator, ``gsa_search::window_sum``
+(so FLOP counters see the same op whatever runs it):
+
+* a small C kernel (forward, and a backward that gathers instead of scattering so it needs no atomics),
+  compiled with the system C compiler on first use, cached on disk (``GSA_SEARCH_CACHE_DIR``,
+  default ``~/.cache/gsa_search``) and called through :mod:`ctypes`. Built with OpenMP it runs on
+  torch's own OpenMP threads (``torch.set_num_threads`` applies); without, rows are split over Python
+  threads (ctypes releases the GIL). Used for CPU tensors whenever a compiler is found;
+  ``GSA_SEARCH_NATIVE=0`` switches it off.
+* plain PyTorch otherwise (CUDA, meta, no compiler): one multiply-add per window offset on the
+  overlapping slices.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+__all__ = ["window_sum", "native_available"]
+
+_SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+
+/* a: (N, B, H, W, KY*KX) contiguous; v: (B, H, W, N, D) with strides vs[0..3] and unit last stride;
+   out, g, gv: (B, H, W, N, D) contiguous; ga: like a. One call handles rows r = b*H + i in [r0, r1).
+   DD > 0: D == DD known at compile time, so the loops over D unroll into whole vectors. */
+#define WINDOW_KERNELS(T, S, DD)                                                                   \
+static void fwd_row_##S##_##DD(const T *restrict a, const T *restrict v, T *restrict out,         \
+                               int64_t B, int64_t H, int64_t W, int64_t N, int64_t D0,            \
+                               int64_t ry, int64_t rx, const int64_t *restrict vs, int64_t r) {   \
+    const int64_t D = DD ? DD : D0, KX = 2 * rx + 1, KK = (2 * ry + 1) * KX, P = B * H * W;        \
+    const int64_t b = r / H, i = r % H;                                                            \
+    for (int64_t j = 0; j < W; ++j) {                                                              \
+        const int64_t p = r * W + j;                                                               \
+        for (int64_t n = 0; n < N; ++n) {                                                          \
+            T *restrict o = out + (p * N + n) * D;                                                 \
+            const T *restrict ap = a + (n * P + p) * KK;                                           \
+            memset(o, 0, sizeof(T) * D);                                                           \
+            for (int64_t dy = 0; dy <= 2 * ry; ++dy) {                                             \
+                const int64_t ii = i + dy - ry;                                                    \
+                if (ii < 0 || ii >= H) continue;                                                   \
+                for (int64_t dx = 0; dx < KX; ++dx) {                                              \
+                    const int64_t jj = j + dx - rx;                                                \
+                    if (jj < 0 || jj >= W) continue;                                               \
+                    const T w = ap[dy * KX + dx];                                                  \
+                    const T *restrict vp = v + b * vs[0] + ii * vs[1] + jj * vs[2] + n * vs[3];    \
+                    for (int64_t e = 0; e < D; ++e) o[e] += w * vp[e];                             \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+}                                                                                                  \
+/* ga[q, k] = g[q] . v[q + k]; gv[p] = sum_k a[p - k, k] g[p - k] (a gather: no write conflicts) */ \
+static void bwd_row_##S##_##DD(const T *restrict a, const T *restrict v, const T *restrict g,     \
+                               T *restrict ga, T *restrict gv, int64_t B, int64_t H, int64_t W,   \
+                               int64_t N, int64_t D0, int64_t ry, int64_t rx,                     \
+                               const int64_t *restrict vs, int64_t r) {                           \
+    const int64_t D = DD ? DD : D0, KX = 2 * rx + 1, KK = (2 * ry + 1) * KX, P = B * H * W;        \
+    const int64_t b = r / H, i = r % H;                                                            \
+    for (int64_t j = 0; j < W; ++j) {                                                              \
+        const int64_t p = r * W + j;                                                               \
+        for (int64_t n = 0; n < N; ++n) {                                                          \
+            const T *restrict gp = g + (p * N + n) * D;                                            \
+            T *restrict gap = ga + (n * P + p) * KK;                                               \
+            T *restrict gvp = gv + (p * N + n) * D;                                                \
+            memset(gvp, 0, sizeof(T) * D);                                                         \
+            for (int64_t dy = 0; dy <= 2 * ry; ++dy) {                                             \
+                const int64_t ii = i + dy - ry; /* row of (i, j)'s key at this offset */           \
+                const int64_t iq = i - dy + ry; /* row of the query whose key is (i, j) */         \
+                for (int64_t dx = 0; dx < KX; ++dx) {                                              \
+                    const int64_t jj = j + dx - rx, jq = j - dx + rx;                              \
+                    T s = 0;                                                                       \
+                    if (ii >= 0 && ii < H && jj >= 0 && jj < W) {                                  \
+                        const T *restrict vp = v + b * vs[0] + ii * vs[1] + jj * vs[2] + n * vs[3]; \
+                        _Pragma("omp simd reduction(+ : s)")                                       \
+                        for (int64_t e = 0; e < D; ++e) s += gp[e] * vp[e];                        \
+                    }                                                                              \
+                    gap[dy * KX + dx] = s;                                                         \
+                    if (iq >= 0 && iq < H && jq >= 0 && jq < W) {                                  \
+                        const int64_t q = (b * H + iq) * W + jq;                                   \
+                        const T w = a[(n * P + q) * KK + dy * KX + dx];                            \
+                        const T *restrict gq = g + (q * N + n) * D;                                \
+                        for (int64_t e = 0; e < D; ++e) gvp[e] += w * gq[e];                       \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+}                                                                                                  \
+void window_fwd_##S##_##DD(const T *a, const T *v, T *out, int64_t B, int64_t H, int64_t W,       \
+                           int64_t N, int64_t D, int64_t ry, int64_t rx, const int64_t *vs,        \
+                           int64_t r0, int64_t r1) {                                               \
+    _Pragma("omp parallel for schedule(static)")                                                   \
+    for (int64_t r = r0; r < r1; ++r) fwd_row_##S##_##DD(a, v, out, B, H, W, N, D, ry, rx, vs, r); \
+}                                                                                                  \
+void window_bwd_##S##_##DD(const T *a, const T *v, const T *g, T *ga, T *gv, int64_t B, int64_t H, \
+                           int64_t W, int64_t N, int64_t D, int64_t ry, int64_t rx,                \
+                           const int64_t *vs, int64_t r0, int64_t r1) {                            \
+    _Pragma("omp parallel for schedule(static)")                                                   \
+    for (int64_t r = r0; r < r1; ++r)                                                              \
+        bwd_row_##S##_##DD(a, v, g, ga, gv, B, H, W, N, D, ry, rx, vs, r);                         \
+}
+
+#ifdef _OPENMP
+int window_openmp(void) { return 1; }
+#else
+int window_openmp(void) { return 0; }
+#endif
+
+WINDOW_KERNELS(float, f32, 0)
+WINDOW_KERNELS(float, f32, 8)
+WINDOW_KERNELS(float, f32, 16)
+WINDOW_KERNELS(float, f32, 32)
+WINDOW_KERNELS(float, f32, 64)
+WINDOW_KERNELS(double, f64, 0)
+"""
+
+_VARIANTS = ("f32_0", "f32_8", "f32_16", "f32_32", "f32_64", "f64_0")
+_FLAGS = ["-O3", "-std=c99", "-fopenmp-simd", "-shared", "-fPIC"]
+# OpenMP first: the library then shares the OpenMP runtime torch has loaded (same soname), so its
+# threads are torch's (torch.set_num_threads applies) and never compete with torch's spinning workers.
+_OPTIONAL_FLAGS = (["-fopenmp"], [])
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_failed: str | None = None
+_pool: ThreadPoolExecutor | None = None
+_openmp = False
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("GSA_SEARCH_CACHE_DIR")
+    if root:
+        return Path(root)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "gsa_search"
+
+
+def _compile(compiler: str, flags: list[str], folder: Path, target: Path) -> str | None:
+    """Build ``target`` in ``folder``; the compiler's error on failure."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        src, out = Path(tmp) / "window.c", Path(tmp) / target.name
+        src.write_text(_SOURCE)
+        done = subprocess.run([compiler, *flags, str(src), "-o", str(out)], capture_output=True, text=True)
+        if done.returncode:
+            return f"{compiler} failed: {done.stderr.strip()[:300]}"
+        os.replace(out, target)  # atomic: concurrent builders all end with a complete file
+    return None
+
+
+def _build() -> ctypes.CDLL:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler:
+        raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
+    suffix = ".dll" if sys.platform == "win32" else ".so"
+    user = os.getuid() if hasattr(os, "getuid") else 0
+    folders = (_cache_dir(), Path(tempfile.gettempdir()) / f"gsa_search-{user}")
+    errors = []
+    for extra in _OPTIONAL_FLAGS:
+        flags = [*_FLAGS, *extra]
+        key = hashlib.sha256("\0".join([_SOURCE, compiler, *flags, sys.platform]).encode()).hexdigest()[:16]
+        for folder in folders:
+            target = folder / f"window_{key}{suffix}"
+            try:
+                if not target.exists():
+                    error = _compile(compiler, flags, folder, target)
+                    if error:
+                        errors.append(error)
+                        break  # these flags fail in any folder: try the next set
+                return ctypes.CDLL(str(target))
+            except OSError as err:  # unwritable cache folder, or a library that will not load
+                errors.append(str(err))
+    raise RuntimeError("; ".join(errors))
+
+
+def _library() -> ctypes.CDLL | None:
+    global _lib, _failed, _openmp
+    if _lib is not None or _failed is not None:
+        return _lib
+    with _lock:
+        if _lib is None and _failed is None:
+            try:
+                lib = _build()
+                i64, ptr, strides = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
+                for s in _VARIANTS:
+                    getattr(lib, f"window_fwd_{s}").argtypes = [ptr] * 3 + [i64] * 7 + [strides, i64, i64]
+                    getattr(lib, f"window_bwd_{s}").argtypes = [ptr] * 5 + [i64] * 7 + [strides, i64, i64]
+                _lib = lib
+                _openmp = bool(lib.window_openmp())
+            except Exception as err:  # noqa: BLE001 - any build problem means: use the PyTorch path
+                _failed = str(err)
+                warnings.warn(
+                    f"gsa_search: compiled local-window kernel unavailable ({_failed}); "
+                    "using the slower PyTorch path for local 2D positional attention",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+    return _lib
+
+
+def native_available() -> bool:
+    """Whether the compiled kernel is used for CPU tensors (builds it on first call)."""
+    if os.environ.get("GSA_SEARCH_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return _library() is not None
+
+
+def _parallel_rows(fn, rows: int, *args) -> None:
+    global _pool
+    threads = max(1, min(torch.get_num_threads(), rows))
+    if threads == 1 or _openmp:  # OpenMP builds split the rows themselves
+        fn(*args, 0, rows)
+        return
+    if _pool is None or _pool._max_workers < threads:  # noqa: SLF001
+        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gsa_search-window")
+    bounds = [rows * t // threads for t in range(threads + 1)]
+    jobs = [_pool.submit(fn, *args, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    fn(*args, bounds[0], bounds[1])  # the calling thread takes the first share
+    for job in jobs:
+        job.result()
+
+
+def _variant(v: torch.Tensor) -> str:
+    if v.dtype == torch.float64:
+        return "f64_0"
+    return f"f32_{v.shape[-1]}" if f"f32_{v.shape[-1]}" in _VARIANTS else "f32_0"
+
+
+def _native_forward(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
+    b, h, w, n, d = v.shape
+    out = torch.empty(b, h, w, n, d, dtype=v.dtype)
+    strides = (ctypes.c_int64 * 4)(*v.stride()[:4])
+    fn = getattr(_lib, f"window_fwd_{_variant(v)}")
+    _parallel_rows(fn, b * h, a.data_ptr(), v.data_ptr(), out.data_ptr(), b, h, w, n, d, ry, rx, strides)
+    return out
+
+
+def _native_backward(
+    a: torch.Tensor, v: torch.Tensor, g: torch.Tensor, ry: int, rx: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    b, h, w, n, d = v.shape
+    ga, gv = torch.empty_like(a), torch.empty(b, h, w, n, d, dtype=v.dtype)
+    strides = (ctypes.c_int64 * 4)(*v.stride()[:4])
+    fn = getattr(_lib, f"window_bwd_{_variant(v)}")
+    args = (a.data_ptr(), v.data_ptr(), g.data_ptr(), ga.data_ptr(), gv.data_ptr(), b, h, w, n, d, ry, rx, strides)
+    _parallel_rows(fn, b * h, *args)
+    return ga, gv
+
+
+def _overlaps(h: int, w: int, ry: int, rx: int):
+    """``(dy, dx, query slices, key slices)`` for every window offset that overlaps the map."""
+    for dy in range(2 * ry + 1):
+        oy = dy - ry
+        qy, ky = slice(max(0, -oy), min(h, h - oy)), slice(max(0, oy), min(h, h + oy))
+        if qy.start >= qy.stop:
+            continue
+        for dx in range(2 * rx + 1):
+            ox = dx - rx
+            qx, kx = slice(max(0, -ox), min(w, w - ox)), slice(max(0, ox), min(w, w + ox))
+            if qx.start < qx.stop:
+                yield dy * (2 * rx + 1) + dx, (slice(None), qy, qx), (slice(None), ky, kx)
+
+
+def _torch_forward(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
+    b, h, w, n, d = v.shape
+    weights = a.permute(1, 2, 3, 0, 4)  # (B, H, W, N, K)
+    out = v.new_zeros(b, h, w, n, d)
+    for k, q, key in _overlaps(h, w, ry, rx):
+        out[q].addcmul_(weights[q][..., k, None], v[key])
+    return out
+
+
+def _torch_backward(
+    a: torch.Tensor, v: torch.Tensor, g: torch.Tensor, ry: int, rx: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    weights = a.permute(1, 2, 3, 0, 4)
+    ga, gv = torch.zeros_like(a), torch.zeros(v.shape, dtype=v.dtype, device=v.device)
+    ga_view = ga.permute(1, 2, 3, 0, 4)
+    for k, q, key in _overlaps(v.shape[1], v.shape[2], ry, rx):
+        ga_view[q][..., k] = torch.linalg.vecdot(g[q], v[key])
+        gv[key].addcmul_(weights[q][..., k, None], g[q])
+    return ga, gv
+
+
+def _use_native(*tensors: torch.Tensor) -> bool:
+    return (
+        all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
+        and native_available()
+    )
+
+
+# A custom operator (not an autograd.Function), so FLOP counters (fvcore's trace and
+# torch.utils.flop_counter), torch.compile and the meta device all see one opaque op.
+@torch.library.custom_op("gsa_search::window_sum", mutates_args=())
+def _window_sum_op(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
+    a = a.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
+    return (_native_forward if _use_native(a, v) else _torch_forward)(a, v, ry, rx)
+
+
+@_window_sum_op.register_fake
+def _(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
+    return v.new_empty(v.shape)
+
+
+@torch.library.custom_op("gsa_search::window_sum_backward", mutates_args=())
+def _window_sum_backward_op(
+    a: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, ry: int, rx: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    a, grad = a.contiguous(), grad.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
+    return (_native_backward if _use_native(a, v, grad) else _torch_backward)(a, v, grad, ry, rx)
+
+
+@_window_sum_backward_op.register_fake
+def _(a: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, ry: int, rx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return a.new_empty(a.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    a, v, ry, rx = inputs
+    ctx.save_for_backward(a, v)
+    ctx.window = (ry, rx)
+
+
+def _backward(ctx, grad: torch.Tensor):
+    a, v = ctx.saved_tensors
+    ga, gv = _window_sum_backward_op(a, v, grad, *ctx.window)
+    return ga, gv, None, None
+
+
+_window_sum_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _register_flop_formulas() -> None:
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    # torch counts 2 FLOPs per multiply-add; the backward does the forward's work twice (a and v)
+    def forward_flops(a_shape, v_shape, *args, **kwargs) -> int:
+        return 2 * math.prod(a_shape) * v_shape[-1]
+
+    def backward_flops(a_shape, v_shape, *args, **kwargs) -> int:
+        return 4 * math.prod(a_shape) * v_shape[-1]
+
+    for op, formula in ((torch.ops.gsa_search.window_sum, forward_flops),
+                        (torch.ops.gsa_search.window_sum_backward, backward_flops)):
+        if op not in flop_registry:
+            register_flop_formula(op)(formula)
+
+
+_register_flop_formulas()
+
+
+def window_sum(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
+    """``out[b, i, j, n] = sum_k a[n, b, i, j, k] * v[b, i + dy_k - ry, j + dx_k - rx, n]``.
+
+    ``a``: ``(N, B, H, W, (2ry+1)(2rx+1))`` weights, offsets row-major (``k = dy * (2rx+1) + dx``);
+    ``v``: ``(B, H, W, N, d_v)`` values (any strides, cast to ``a``'s dtype); keys outside the map
+    are zero. Returns ``(B, H, W, N, d_v)``, contiguous. Differentiable in ``a`` and ``v``.
+
+    Example:
+        >>> a, v = torch.ones(1, 1, 3, 3, 9), torch.arange(9.0).view(1, 3, 3, 1, 1)
+        >>> window_sum(a, v, 1, 1)[0, :, :, 0, 0]  # 3x3 box sums, zero outside the map
+        tensor([[ 8., 15., 12.],
+                [21., 36., 27.],
+                [20., 33., 24.]])
+    """
+    n, b, h, w, k = a.shape
+    if v.shape[:4] != (b, h, w, n) or k != (2 * ry + 1) * (2 * rx + 1):
+        raise ValueError(
+            f"window_sum: weights {tuple(a.shape)} do not fit values {tuple(v.shape)} and window ({ry}, {rx})"
+        )
+    if v.dtype != a.dtype:
+        v = v.to(a.dtype)
+    if a.device.type == "cpu" and a.dtype in (torch.bfloat16, torch.float16) and native_available():
+        # the compiled kernel runs in float32 (CPU autocast hands it bfloat16)
+        return _window_sum_op(a.float(), v.float(), ry, rx).to(a.dtype)
+    return _window_sum_op(a, v, ry, rx)

@@ -1,0 +1,175 @@
+"""``blocks._window.window_sum``, the inner step of local 2D positional attention.
+
+Checked against a plain loop over pixels and offsets, for the compiled kernel and the PyTorch
+implementation alike (value widths the kernel specialises and one it does not, strided values,
+non-square maps, different spans per axis), plus gradients, dtypes, devices, FLOP counting and the
+kernel's build (cache folder, fallback when no compiler works).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from gsa_search.blocks import _window
+from gsa_search.blocks._window import window_sum
+
+
+def naive_window_sum(a, v, ry, rx):
+    """``out[b,i,j,n,:] = sum_{dy,dx} a[n,b,i,j,dy*(2rx+1)+dx] * v[b, i+dy-ry, j+dx-rx, n, :]``."""
+    n_heads, bs, h, w, _ = a.shape
+    out = torch.zeros(v.shape, dtype=torch.float64)
+    a, v = a.double(), v.double()
+    for b in range(bs):
+        for n in range(n_heads):
+            for i in range(h):
+                for j in range(w):
+                    for dy in range(2 * ry + 1):
+                        for dx in range(2 * rx + 1):
+                            ii, jj = i + dy - ry, j + dx - rx
+                            if 0 <= ii < h and 0 <= jj < w:
+                                out[b, i, j, n] += a[n, b, i, j, dy * (2 * rx + 1) + dx] * v[b, ii, jj, n]
+    return out
+
+
+@pytest.fixture(params=["native", "torch"])
+def implementation(request, monkeypatch):
+    if request.param == "native":
+        request.getfixturevalue("native_kernel")
+    else:
+        monkeypatch.setenv("GSA_SEARCH_NATIVE", "0")
+    return request.param
+
+
+def _inputs(n, b, h, w, d, ry, rx, *, dtype=torch.float32, strided=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, b, h, w, (2 * ry + 1) * (2 * rx + 1), generator=g, dtype=dtype)
+    if strided:  # values as the block hands them over: a slice of the channels-last projection
+        v = torch.randn(b, h, w, 3 * n * d, generator=g, dtype=dtype)[..., n * d : 2 * n * d].unflatten(-1, (n, d))
+    else:
+        v = torch.randn(b, h, w, n, d, generator=g, dtype=dtype)
+    return a, v
+
+
+@pytest.mark.parametrize(
+    "n,b,h,w,d,ry,rx,strided",
+    [
+        (2, 2, 5, 7, 16, 1, 2, False),  # a specialised width (16), ry != rx
+        (1, 1, 6, 4, 5, 2, 1, True),  # a generic width, strided values
+        (3, 2, 4, 9, 8, 3, 3, True),  # window taller than half the map
+        (1, 1, 1, 6, 16, 0, 2, False),  # one row: a 1 x 5 window
+    ],
+)
+def test_matches_naive_loop(implementation, n, b, h, w, d, ry, rx, strided):
+    a, v = _inputs(n, b, h, w, d, ry, rx, strided=strided, seed=1)
+    out = window_sum(a, v, ry, rx)
+    assert out.shape == (b, h, w, n, d) and out.dtype == torch.float32 and out.is_contiguous()
+    torch.testing.assert_close(out.double(), naive_window_sum(a, v, ry, rx), rtol=1e-5, atol=1e-5)
+
+
+def test_implementations_agree_with_gradients(native_kernel, monkeypatch):
+    """Compiled and PyTorch paths: same output and same gradients for a and v (float32, d_v = 16)."""
+    a, v = _inputs(4, 2, 9, 11, 16, 3, 3, strided=True, seed=2)
+    grad = torch.randn(2, 9, 11, 4, 16, generator=torch.Generator().manual_seed(3))
+    results = []
+    for native in ("1", "0"):
+        monkeypatch.setenv("GSA_SEARCH_NATIVE", native)
+        a_, v_ = a.clone().requires_grad_(True), v.detach().clone().requires_grad_(True)
+        out = window_sum(a_, v_, 3, 3)
+        out.backward(grad)
+        results.append((out, a_.grad, v_.grad))
+    for native, torch_path in zip(*results):
+        torch.testing.assert_close(native, torch_path, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ry,rx", [(1, 1), (2, 1)])
+def test_gradcheck(implementation, ry, rx):
+    a, v = _inputs(2, 1, 4, 5, 3, ry, rx, dtype=torch.float64, seed=4)
+    a.requires_grad_(True)
+    v.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, v: window_sum(a, v, ry, rx), (a, v), eps=1e-6, atol=1e-6)
+
+
+def test_threads_do_not_change_the_result(native_kernel):
+    a, v = _inputs(2, 3, 8, 8, 16, 2, 2, seed=5)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = window_sum(a, v, 2, 2)
+        torch.set_num_threads(2)
+        double = window_sum(a, v, 2, 2)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(single, double)  # rows are independent: bitwise identical
+
+
+def test_bfloat16_runs_and_stays_close(implementation):
+    a, v = _inputs(2, 1, 6, 6, 16, 1, 1, seed=6)
+    out = window_sum(a.bfloat16(), v.bfloat16(), 1, 1)
+    assert out.dtype == torch.bfloat16
+    reference = naive_window_sum(a.bfloat16().float(), v.bfloat16().float(), 1, 1)
+    torch.testing.assert_close(out.double(), reference, rtol=0.05, atol=0.05)
+
+
+def test_values_are_cast_to_the_weights_dtype(implementation):
+    a, v = _inputs(1, 1, 3, 3, 2, 1, 1, dtype=torch.float64, seed=7)
+    out = window_sum(a, v.float(), 1, 1)
+    assert out.dtype == torch.float64
+
+
+def test_meta_device_gives_shapes():
+    a = torch.empty(4, 2, 7, 9, 25, device="meta")
+    v = torch.empty(2, 7, 9, 4, 16, device="meta")
+    out = window_sum(a, v, 2, 2)
+    assert out.device.type == "meta" and out.shape == (2, 7, 9, 4, 16)
+
+
+def test_mismatched_shapes_are_rejected():
+    a, v = _inputs(2, 1, 4, 4, 3, 1, 1)
+    with pytest.raises(ValueError, match=r"window_sum: weights \(2, 1, 4, 4, 9\) do not fit values .* window \(2, 1\)"):
+        window_sum(a, v, 2, 1)
+    with pytest.raises(ValueError, match="do not fit values"):
+        window_sum(a, v[:, :3], 1, 1)
+
+
+def test_torch_flop_counter_sees_forward_and_backward(implementation):
+    """One multiply-add (2 FLOPs) per weight and value channel forward, twice that backward."""
+    a, v = _inputs(2, 3, 5, 4, 6, 1, 2, seed=8)
+    a.requires_grad_(True)
+    macs = a.numel() * 6
+    with FlopCounterMode(display=False) as counter:
+        out = window_sum(a, v, 1, 2)
+    assert counter.get_total_flops() == 2 * macs
+    with FlopCounterMode(display=False) as counter:
+        out.sum().backward()
+    assert counter.get_total_flops() == 4 * macs
+
+
+def test_kernel_builds_into_the_cache_folder(native_kernel, monkeypatch, tmp_path):
+    monkeypatch.setenv("GSA_SEARCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_window, "_lib", None)
+    monkeypatch.setattr(_window, "_failed", None)
+    assert _window.native_available()
+    built = list(tmp_path.glob("window_*.so"))
+    assert len(built) == 1 and built[0].stat().st_size > 0
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no build folders left behind
+    a, v = _inputs(1, 1, 4, 4, 16, 1, 1, seed=9)
+    torch.testing.assert_close(window_sum(a, v, 1, 1).double(), naive_window_sum(a, v, 1, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_broken_compiler_falls_back_to_pytorch_with_a_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("GSA_SEARCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.delenv("GSA_SEARCH_NATIVE", raising=False)
+    monkeypatch.setattr(_window, "_lib", None)
+    monkeypatch.setattr(_window, "_failed", None)
+    with pytest.warns(RuntimeWarning, match="compiled local-window kernel unavailable .*false failed"):
+        assert not _window.native_available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not _window.native_available()  # decided once: no second build, no second warning
+    a, v = _inputs(1, 2, 5, 3, 4, 1, 1, seed=10)
+    torch.testing.assert_close(window_sum(a, v, 1, 1).double(), naive_window_sum(a, v, 1, 1), rtol=1e-5, atol=1e-5)
