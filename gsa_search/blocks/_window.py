@@ -41,6 +41,9 @@ _SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 
+#define MIN(x, y) ((x) < (y) ? (x) : (y))
+#define MAX(x, y) ((x) > (y) ? (x) : (y))
+
 /* a: (N, B, H, W, KY*KX) contiguous; v: (B, H, W, N, D) with strides vs[0..3] and unit last stride;
    out, g, gv: (B, H, W, N, D) contiguous; ga: like a. One call handles rows r = b*H + i in [r0, r1).
    DD > 0: D == DD known at compile time, so the loops over D unroll into whole vectors. */
@@ -50,23 +53,23 @@ static void fwd_row_##S##_##DD(const T *restrict a, const T *restrict v, T *rest
                                int64_t ry, int64_t rx, const int64_t *restrict vs, int64_t r) {   \
     const int64_t D = DD ? DD : D0, KX = 2 * rx + 1, KK = (2 * ry + 1) * KX, P = B * H * W;        \
     const int64_t b = r / H, i = r % H;                                                            \
+    const int64_t y0 = MAX(0, ry - i), y1 = MIN(2 * ry + 1, H + ry - i); /* dy with a row */       \
+    T acc[DD ? DD : D0];                                                                           \
     for (int64_t j = 0; j < W; ++j) {                                                              \
-        const int64_t p = r * W + j;                                                               \
+        const int64_t p = r * W + j, x0 = MAX(0, rx - j), x1 = MIN(KX, W + rx - j);                \
         for (int64_t n = 0; n < N; ++n) {                                                          \
-            T *restrict o = out + (p * N + n) * D;                                                 \
             const T *restrict ap = a + (n * P + p) * KK;                                           \
-            memset(o, 0, sizeof(T) * D);                                                           \
-            for (int64_t dy = 0; dy <= 2 * ry; ++dy) {                                             \
-                const int64_t ii = i + dy - ry;                                                    \
-                if (ii < 0 || ii >= H) continue;                                                   \
-                for (int64_t dx = 0; dx < KX; ++dx) {                                              \
-                    const int64_t jj = j + dx - rx;                                                \
-                    if (jj < 0 || jj >= W) continue;                                               \
+            for (int64_t e = 0; e < D; ++e) acc[e] = 0;                                            \
+            for (int64_t dy = y0; dy < y1; ++dy) {                                                 \
+                const T *restrict vrow = v + b * vs[0] + (i + dy - ry) * vs[1] + n * vs[3];        \
+                for (int64_t dx = x0; dx < x1; ++dx) {                                             \
                     const T w = ap[dy * KX + dx];                                                  \
-                    const T *restrict vp = v + b * vs[0] + ii * vs[1] + jj * vs[2] + n * vs[3];    \
-                    for (int64_t e = 0; e < D; ++e) o[e] += w * vp[e];                             \
+                    const T *restrict vp = vrow + (j + dx - rx) * vs[2];                           \
+                    for (int64_t e = 0; e < D; ++e) acc[e] += w * vp[e];                           \
                 }                                                                                  \
             }                                                                                      \
+            T *restrict o = out + (p * N + n) * D;                                                 \
+            for (int64_t e = 0; e < D; ++e) o[e] = acc[e];                                         \
         }                                                                                          \
     }                                                                                              \
 }                                                                                                  \
@@ -77,33 +80,39 @@ static void bwd_row_##S##_##DD(const T *restrict a, const T *restrict v, const T
                                const int64_t *restrict vs, int64_t r) {                           \
     const int64_t D = DD ? DD : D0, KX = 2 * rx + 1, KK = (2 * ry + 1) * KX, P = B * H * W;        \
     const int64_t b = r / H, i = r % H;                                                            \
+    /* key rows i + dy - ry and query rows i - dy + ry inside the map share one dy range */        \
+    const int64_t y0 = MAX(0, ry - i), y1 = MIN(2 * ry + 1, H + ry - i);                           \
+    const int64_t z0 = MAX(0, i + ry - (H - 1)), z1 = MIN(2 * ry + 1, i + ry + 1);                 \
+    T acc[DD ? DD : D0];                                                                           \
     for (int64_t j = 0; j < W; ++j) {                                                              \
-        const int64_t p = r * W + j;                                                               \
+        const int64_t p = r * W + j, x0 = MAX(0, rx - j), x1 = MIN(KX, W + rx - j);                \
+        const int64_t u0 = MAX(0, j + rx - (W - 1)), u1 = MIN(KX, j + rx + 1);                     \
         for (int64_t n = 0; n < N; ++n) {                                                          \
             const T *restrict gp = g + (p * N + n) * D;                                            \
             T *restrict gap = ga + (n * P + p) * KK;                                               \
-            T *restrict gvp = gv + (p * N + n) * D;                                                \
-            memset(gvp, 0, sizeof(T) * D);                                                         \
-            for (int64_t dy = 0; dy <= 2 * ry; ++dy) {                                             \
-                const int64_t ii = i + dy - ry; /* row of (i, j)'s key at this offset */           \
-                const int64_t iq = i - dy + ry; /* row of the query whose key is (i, j) */         \
-                for (int64_t dx = 0; dx < KX; ++dx) {                                              \
-                    const int64_t jj = j + dx - rx, jq = j - dx + rx;                              \
+            for (int64_t k = 0; k < KK; ++k) gap[k] = 0;                                           \
+            for (int64_t dy = y0; dy < y1; ++dy) {                                                 \
+                const T *restrict vrow = v + b * vs[0] + (i + dy - ry) * vs[1] + n * vs[3];        \
+                for (int64_t dx = x0; dx < x1; ++dx) {                                             \
+                    const T *restrict vp = vrow + (j + dx - rx) * vs[2];                           \
                     T s = 0;                                                                       \
-                    if (ii >= 0 && ii < H && jj >= 0 && jj < W) {                                  \
-                        const T *restrict vp = v + b * vs[0] + ii * vs[1] + jj * vs[2] + n * vs[3]; \
-                        _Pragma("omp simd reduction(+ : s)")                                       \
-                        for (int64_t e = 0; e < D; ++e) s += gp[e] * vp[e];                        \
-                    }                                                                              \
+                    _Pragma("omp simd reduction(+ : s)")                                           \
+                    for (int64_t e = 0; e < D; ++e) s += gp[e] * vp[e];                            \
                     gap[dy * KX + dx] = s;                                                         \
-                    if (iq >= 0 && iq < H && jq >= 0 && jq < W) {                                  \
-                        const int64_t q = (b * H + iq) * W + jq;                                   \
-                        const T w = a[(n * P + q) * KK + dy * KX + dx];                            \
-                        const T *restrict gq = g + (q * N + n) * D;                                \
-                        for (int64_t e = 0; e < D; ++e) gvp[e] += w * gq[e];                       \
-                    }                                                                              \
                 }                                                                                  \
             }                                                                                      \
+            for (int64_t e = 0; e < D; ++e) acc[e] = 0;                                            \
+            for (int64_t dy = z0; dy < z1; ++dy) {                                                 \
+                const int64_t qrow = (b * H + i - dy + ry) * W; /* the query whose key is (i, j) */ \
+                for (int64_t dx = u0; dx < u1; ++dx) {                                             \
+                    const int64_t q = qrow + j - dx + rx;                                          \
+                    const T w = a[(n * P + q) * KK + dy * KX + dx];                                \
+                    const T *restrict gq = g + (q * N + n) * D;                                    \
+                    for (int64_t e = 0; e < D; ++e) acc[e] += w * gq[e];                           \
+                }                                                                                  \
+            }                                                                                      \
+            T *restrict gvp = gv + (p * N + n) * D;                                                \
+            for (int64_t e = 0; e < D; ++e) gvp[e] = acc[e];                                       \
         }                                                                                          \
     }                                                                                              \
 }                                                                                                  \
