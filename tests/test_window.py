@@ -173,3 +173,25 @@ def test_broken_compiler_falls_back_to_pytorch_with_a_warning(monkeypatch, tmp_p
         assert not _window.native_available()  # decided once: no second build, no second warning
     a, v = _inputs(1, 2, 5, 3, 4, 1, 1, seed=10)
     torch.testing.assert_close(window_sum(a, v, 1, 1).double(), naive_window_sum(a, v, 1, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_build_without_openmp_splits_rows_over_python_threads(native_kernel, monkeypatch, tmp_path):
+    """Compilers without OpenMP (Apple's clang) get a plain build; rows are then split over Python
+    threads, with the same results as the naive loop, forward and backward."""
+    monkeypatch.setenv("GSA_SEARCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_window, "_OPTIONAL_FLAGS", ([],))
+    monkeypatch.setattr(_window, "_lib", None)
+    monkeypatch.setattr(_window, "_failed", None)
+    monkeypatch.setattr(_window, "_openmp", True)  # restored afterwards, like the library
+    assert _window.native_available() and not _window._openmp
+    assert torch.get_num_threads() == 2  # conftest: the rows really are split
+    a, v = _inputs(2, 3, 7, 5, 16, 2, 1, strided=True, seed=11)
+    a.requires_grad_(True)
+    v.requires_grad_(True)
+    out = window_sum(a, v, 2, 1)
+    torch.testing.assert_close(out.double(), naive_window_sum(a.detach(), v.detach(), 2, 1), rtol=1e-5, atol=1e-5)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(12))
+    ga, gv = torch.autograd.grad(out, (a, v), grad)
+    monkeypatch.setenv("GSA_SEARCH_NATIVE", "0")
+    ta, tv = torch.autograd.grad(window_sum(a, v, 2, 1), (a, v), grad)
+    torch.testing.assert_close((ga, gv), (ta, tv), rtol=1e-5, atol=1e-5)

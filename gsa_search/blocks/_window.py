@@ -24,6 +24,7 @@ import ctypes
 import hashlib
 import math
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -149,6 +150,20 @@ _FLAGS = ["-O3", "-std=c99", "-fopenmp-simd", "-shared", "-fPIC"]
 # OpenMP first: the library then shares the OpenMP runtime torch has loaded (same soname), so its
 # threads are torch's (torch.set_num_threads applies) and never compete with torch's spinning workers.
 _OPTIONAL_FLAGS = (["-fopenmp"], [])
+
+
+def _cpu_flags() -> list[str]:
+    """``-mavx2 -mfma`` on x86-64 CPUs that have both (forward 1.4x faster than SSE2 here; full
+    ``-march=native``, i.e. AVX-512, made the backward slower). The flags are part of the cache key,
+    so a cache shared by different machines holds one build per instruction set."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= set(flags) else []
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _failed: str | None = None
@@ -186,7 +201,7 @@ def _build() -> ctypes.CDLL:
     folders = (_cache_dir(), Path(tempfile.gettempdir()) / f"gsa_search-{user}")
     errors = []
     for extra in _OPTIONAL_FLAGS:
-        flags = [*_FLAGS, *extra]
+        flags = [*_FLAGS, *_cpu_flags(), *extra]
         key = hashlib.sha256("\0".join([_SOURCE, compiler, *flags, sys.platform]).encode()).hexdigest()[:16]
         for folder in folders:
             target = folder / f"window_{key}{suffix}"
