@@ -8,6 +8,8 @@ kernel's build (cache folder, fallback when no compiler works).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import warnings
 
 import pytest
@@ -61,6 +63,8 @@ def _inputs(n, b, h, w, d, ry, rx, *, dtype=torch.float32, strided=False, seed=0
         (1, 1, 6, 4, 5, 2, 1, True),  # a generic width, strided values
         (3, 2, 4, 9, 8, 3, 3, True),  # window taller than half the map
         (1, 1, 1, 6, 16, 0, 2, False),  # one row: a 1 x 5 window
+        (1, 1, 1, 5, 3, 2, 0, False),  # rx = 0, and a window taller than the one-row map
+        (2, 2, 4, 1, 16, 1, 2, True),  # one column, window wider than the map
     ],
 )
 def test_matches_naive_loop(implementation, n, b, h, w, d, ry, rx, strided):
@@ -70,14 +74,16 @@ def test_matches_naive_loop(implementation, n, b, h, w, d, ry, rx, strided):
     torch.testing.assert_close(out.double(), naive_window_sum(a, v, ry, rx), rtol=1e-5, atol=1e-5)
 
 
-def test_implementations_agree_with_gradients(native_kernel, monkeypatch):
-    """Compiled and PyTorch paths: same output and same gradients for a and v (float32, d_v = 16)."""
-    a, v = _inputs(4, 2, 9, 11, 16, 3, 3, strided=True, seed=2)
-    grad = torch.randn(2, 9, 11, 4, 16, generator=torch.Generator().manual_seed(3))
+@pytest.mark.parametrize("d", [5, 8, 16, 32, 64])  # every compiled width, and a generic one
+def test_implementations_agree_with_gradients(native_kernel, monkeypatch, d):
+    """Compiled and PyTorch paths: same output and same gradients for a and v (float32, strided v)."""
+    a, v = _inputs(4, 2, 9, 11, d, 3, 3, strided=True, seed=2)
+    grad = torch.randn(2, 9, 11, 4, d, generator=torch.Generator().manual_seed(3))
     results = []
     for native in ("1", "0"):
         monkeypatch.setenv("GSA_SEARCH_NATIVE", native)
-        a_, v_ = a.clone().requires_grad_(True), v.detach().clone().requires_grad_(True)
+        a_, v_ = a.clone().requires_grad_(True), v.detach().requires_grad_(True)
+        assert not v_.is_contiguous()  # the strided read of the values is what is compared
         out = window_sum(a_, v_, 3, 3)
         out.backward(grad)
         results.append((out, a_.grad, v_.grad))
@@ -93,17 +99,19 @@ def test_gradcheck(implementation, ry, rx):
     assert torch.autograd.gradcheck(lambda a, v: window_sum(a, v, ry, rx), (a, v), eps=1e-6, atol=1e-6)
 
 
-def test_threads_do_not_change_the_result(native_kernel):
+def test_thread_counts_give_identical_results(native_kernel):
     a, v = _inputs(2, 3, 8, 8, 16, 2, 2, seed=5)
+    expected = naive_window_sum(a, v, 2, 2)
     before = torch.get_num_threads()
+    outputs = []
     try:
-        torch.set_num_threads(1)
-        single = window_sum(a, v, 2, 2)
-        torch.set_num_threads(2)
-        double = window_sum(a, v, 2, 2)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outputs.append(window_sum(a, v, 2, 2))
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(single, double)  # rows are independent: bitwise identical
+    torch.testing.assert_close(outputs[0].double(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(outputs[0], outputs[1])  # rows are independent: bitwise identical
 
 
 def test_bfloat16_runs_and_stays_close(implementation):
@@ -133,6 +141,31 @@ def test_mismatched_shapes_are_rejected():
         window_sum(a, v, 2, 1)
     with pytest.raises(ValueError, match="do not fit values"):
         window_sum(a, v[:, :3], 1, 1)
+    with pytest.raises(ValueError, match="radii must be >= 0"):
+        window_sum(a[..., :1], v, -1, -1)
+
+
+def test_the_operators_check_their_inputs_too(implementation):
+    """The kernel reads raw memory: calling the registered operators directly with a mismatched
+    dtype or shape raises instead of reading out of bounds."""
+    a, v = _inputs(2, 1, 4, 4, 3, 1, 1)
+    with pytest.raises(ValueError, match="must share a dtype"):
+        torch.ops.gsa_search.window_sum(a, v.double(), 1, 1)
+    with pytest.raises(ValueError, match="do not fit values"):
+        torch.ops.gsa_search.window_sum(a[..., :1], v, 1, 1)
+    with pytest.raises(ValueError, match="gradient"):
+        torch.ops.gsa_search.window_sum_backward(a, v, v[:, :2], 1, 1)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 4, 2, 3), (1, 4, 4, 2, 0), (1, 0, 4, 2, 3)], ids=["batch0", "width0", "rows0"])
+def test_empty_inputs(implementation, shape):
+    b, h, w, n, d = shape
+    a = torch.randn(n, b, h, w, 9, requires_grad=True)
+    v = torch.randn(shape, requires_grad=True)
+    out = window_sum(a, v, 1, 1)
+    assert out.shape == shape
+    out.sum().backward()
+    assert a.grad.shape == a.shape and v.grad.shape == v.shape
 
 
 def test_torch_flop_counter_sees_forward_and_backward(implementation):
@@ -148,24 +181,53 @@ def test_torch_flop_counter_sees_forward_and_backward(implementation):
     assert counter.get_total_flops() == 4 * macs
 
 
-def test_kernel_builds_into_the_cache_folder(native_kernel, monkeypatch, tmp_path):
-    monkeypatch.setenv("GSA_SEARCH_CACHE_DIR", str(tmp_path))
+def _fresh_build(monkeypatch):
     monkeypatch.setattr(_window, "_lib", None)
     monkeypatch.setattr(_window, "_failed", None)
+    monkeypatch.setattr(_window, "_openmp", _window._openmp)  # restored afterwards, like the library
+
+
+def test_kernel_builds_into_the_cache_folder_once(native_kernel, monkeypatch, tmp_path):
+    monkeypatch.setenv("GSA_SEARCH_CACHE_DIR", str(tmp_path))
+    _fresh_build(monkeypatch)
     assert _window.native_available()
     built = list(tmp_path.glob("window_*.so"))
     assert len(built) == 1 and built[0].stat().st_size > 0
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no build folders left behind
+    stamp = built[0].stat().st_mtime_ns
+    _fresh_build(monkeypatch)  # a new process: loads the cached library instead of compiling
+    assert _window.native_available()
+    assert list(tmp_path.glob("window_*.so")) == built and built[0].stat().st_mtime_ns == stamp
     a, v = _inputs(1, 1, 4, 4, 16, 1, 1, seed=9)
     torch.testing.assert_close(window_sum(a, v, 1, 1).double(), naive_window_sum(a, v, 1, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_compiler_given_with_arguments(native_kernel, monkeypatch, tmp_path):
+    monkeypatch.setenv("GSA_SEARCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", f"{shutil.which('cc') or shutil.which('gcc')} -g")  # like CC="ccache gcc"
+    _fresh_build(monkeypatch)
+    assert _window.native_available()
+    assert len(list(tmp_path.glob("window_*.so"))) == 1
+
+
+def test_a_cache_folder_others_can_write_is_not_used(native_kernel, monkeypatch, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("GSA_SEARCH_CACHE_DIR", str(shared))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "private-tmp"))
+    (tmp_path / "private-tmp").mkdir()
+    _fresh_build(monkeypatch)
+    assert _window.native_available()
+    assert not list(shared.iterdir())  # nothing built or loaded there
+    assert len(list((tmp_path / "private-tmp").glob("gsa_search-*/window_*.so"))) == 1
 
 
 def test_broken_compiler_falls_back_to_pytorch_with_a_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("GSA_SEARCH_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
     monkeypatch.delenv("GSA_SEARCH_NATIVE", raising=False)
-    monkeypatch.setattr(_window, "_lib", None)
-    monkeypatch.setattr(_window, "_failed", None)
+    _fresh_build(monkeypatch)
     with pytest.warns(RuntimeWarning, match="compiled local-window kernel unavailable .*false failed"):
         assert not _window.native_available()
     with warnings.catch_warnings():
@@ -179,10 +241,8 @@ def test_build_without_openmp_splits_rows_over_python_threads(native_kernel, mon
     """Compilers without OpenMP (Apple's clang) get a plain build; rows are then split over Python
     threads, with the same results as the naive loop, forward and backward."""
     monkeypatch.setenv("GSA_SEARCH_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(_window, "_OPTIONAL_FLAGS", ([],))
-    monkeypatch.setattr(_window, "_lib", None)
-    monkeypatch.setattr(_window, "_failed", None)
-    monkeypatch.setattr(_window, "_openmp", True)  # restored afterwards, like the library
+    monkeypatch.setattr(_window, "_openmp_flags", lambda compiler: [[]])
+    _fresh_build(monkeypatch)
     assert _window.native_available() and not _window._openmp
     assert torch.get_num_threads() == 2  # conftest: the rows really are split
     a, v = _inputs(2, 3, 7, 5, 16, 2, 1, strided=True, seed=11)

@@ -25,6 +25,7 @@ import hashlib
 import math
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,7 +47,7 @@ _SOURCE = r"""
 #define MAX(x, y) ((x) > (y) ? (x) : (y))
 
 /* a: (N, B, H, W, KY*KX) contiguous; v: (B, H, W, N, D) with strides vs[0..3] and unit last stride;
-   out, g, gv: (B, H, W, N, D) contiguous; ga: like a. One call handles rows r = b*H + i in [r0, r1).
+   out, g, gv: (B, H, W, N, D) contiguous; ga: like a. One call handles rows r = b*H + i in [r0, r1), on nt OpenMP threads.
    DD > 0: D == DD known at compile time, so the loops over D unroll into whole vectors. */
 #define WINDOW_KERNELS(T, S, DD)                                                                   \
 static void fwd_row_##S##_##DD(const T *restrict a, const T *restrict v, T *restrict out,         \
@@ -119,14 +120,14 @@ static void bwd_row_##S##_##DD(const T *restrict a, const T *restrict v, const T
 }                                                                                                  \
 void window_fwd_##S##_##DD(const T *a, const T *v, T *out, int64_t B, int64_t H, int64_t W,       \
                            int64_t N, int64_t D, int64_t ry, int64_t rx, const int64_t *vs,        \
-                           int64_t r0, int64_t r1) {                                               \
-    _Pragma("omp parallel for schedule(static)")                                                   \
+                           int64_t nt, int64_t r0, int64_t r1) {                                   \
+    _Pragma("omp parallel for schedule(static) num_threads(nt)")                                   \
     for (int64_t r = r0; r < r1; ++r) fwd_row_##S##_##DD(a, v, out, B, H, W, N, D, ry, rx, vs, r); \
 }                                                                                                  \
 void window_bwd_##S##_##DD(const T *a, const T *v, const T *g, T *ga, T *gv, int64_t B, int64_t H, \
                            int64_t W, int64_t N, int64_t D, int64_t ry, int64_t rx,                \
-                           const int64_t *vs, int64_t r0, int64_t r1) {                            \
-    _Pragma("omp parallel for schedule(static)")                                                   \
+                           const int64_t *vs, int64_t nt, int64_t r0, int64_t r1) {                \
+    _Pragma("omp parallel for schedule(static) num_threads(nt)")                                   \
     for (int64_t r = r0; r < r1; ++r)                                                              \
         bwd_row_##S##_##DD(a, v, g, ga, gv, B, H, W, N, D, ry, rx, vs, r);                         \
 }
@@ -146,10 +147,23 @@ WINDOW_KERNELS(double, f64, 0)
 """
 
 _VARIANTS = ("f32_0", "f32_8", "f32_16", "f32_32", "f32_64", "f64_0")
-_FLAGS = ["-O3", "-std=c99", "-fopenmp-simd", "-shared", "-fPIC"]
-# OpenMP first: the library then shares the OpenMP runtime torch has loaded (same soname), so its
-# threads are torch's (torch.set_num_threads applies) and never compete with torch's spinning workers.
-_OPTIONAL_FLAGS = (["-fopenmp"], [])
+# -ffp-contract=fast: let the compiler fuse multiply-adds where the CPU flags allow them
+_FLAGS = ["-O3", "-std=c99", "-ffp-contract=fast", "-fopenmp-simd", "-shared", "-fPIC"]
+_COMPILE_TIMEOUT_S = 300
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_failed: str | None = None
+_pool: ThreadPoolExecutor | None = None
+_openmp = False
+
+
+def _reset_pool_after_fork() -> None:
+    global _pool
+    _pool = None  # a forked child has none of the parent's worker threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pool_after_fork)
 
 
 def _cpu_flags() -> list[str]:
@@ -164,55 +178,88 @@ def _cpu_flags() -> list[str]:
     except OSError:
         return []
     return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= set(flags) else []
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_failed: str | None = None
-_pool: ThreadPoolExecutor | None = None
-_openmp = False
 
 
-def _cache_dir() -> Path:
+def _openmp_flags(compiler: list[str]) -> list[list[str]]:
+    """Flag sets to try, best first. OpenMP only where the library will bind to the OpenMP runtime
+    torch has already loaded: GCC's ``libgomp.so.1`` on Linux (the dynamic loader reuses the loaded
+    soname), so its threads are torch's and never compete with torch's spinning workers. Elsewhere
+    (clang's libomp, Intel's libiomp, macOS) a second runtime could clash with torch's, so the rows
+    are split over Python threads instead."""
+    if not sys.platform.startswith("linux"):
+        return [[]]
+    try:
+        with open("/proc/self/maps") as maps:
+            gomp_loaded = any("libgomp" in line for line in maps)
+        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return [[]]
+    is_gcc = "Free Software Foundation" in version and "clang" not in version.lower()
+    return [["-fopenmp"], []] if gomp_loaded and is_gcc else [[]]
+
+
+def _cache_dirs() -> list[Path]:
+    """The user's cache (``GSA_SEARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/gsa_search``, else
+    ``~/.cache/gsa_search``), then a private folder in the temporary directory."""
     root = os.environ.get("GSA_SEARCH_CACHE_DIR")
     if root:
-        return Path(root)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gsa_search"
+        first = Path(root)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        first = Path(base).absolute() / "gsa_search"
+    user = os.getuid() if hasattr(os, "getuid") else 0
+    return [first, Path(tempfile.gettempdir()) / f"gsa_search-{user}"]
 
 
-def _compile(compiler: str, flags: list[str], folder: Path, target: Path) -> str | None:
+def _safe_folder(folder: Path) -> bool:
+    """Create ``folder`` (private) if needed; only load libraries from a folder that is ours and that
+    nobody else can write to (a shared temporary directory could hold anyone's library)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not hasattr(os, "getuid"):
+        return True
+    info = folder.stat()
+    return info.st_uid == os.getuid() and not info.st_mode & 0o022
+
+
+def _compile(compiler: list[str], flags: list[str], folder: Path, target: Path) -> str | None:
     """Build ``target`` in ``folder``; the compiler's error on failure."""
-    folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         src, out = Path(tmp) / "window.c", Path(tmp) / target.name
         src.write_text(_SOURCE)
-        done = subprocess.run([compiler, *flags, str(src), "-o", str(out)], capture_output=True, text=True)
+        done = subprocess.run(
+            [*compiler, *flags, str(src), "-o", str(out)], capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S
+        )
         if done.returncode:
-            return f"{compiler} failed: {done.stderr.strip()[:300]}"
+            return f"{' '.join(compiler)} failed: {done.stderr.strip()[:300]}"
         os.replace(out, target)  # atomic: concurrent builders all end with a complete file
     return None
 
 
 def _build() -> ctypes.CDLL:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not compiler:
-        raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
+    compiler = shlex.split(os.environ.get("CC", "")) or [
+        c for c in (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang"),) if c
+    ]
+    if not compiler or not shutil.which(compiler[0]):
+        raise RuntimeError(f"no C compiler found ({'CC=' + compiler[0] if compiler else 'set CC, or install gcc or clang'})")
     suffix = ".dll" if sys.platform == "win32" else ".so"
-    user = os.getuid() if hasattr(os, "getuid") else 0
-    folders = (_cache_dir(), Path(tempfile.gettempdir()) / f"gsa_search-{user}")
     errors = []
-    for extra in _OPTIONAL_FLAGS:
+    for extra in _openmp_flags(compiler):
         flags = [*_FLAGS, *_cpu_flags(), *extra]
-        key = hashlib.sha256("\0".join([_SOURCE, compiler, *flags, sys.platform]).encode()).hexdigest()[:16]
-        for folder in folders:
+        key_parts = [_SOURCE, *compiler, *flags, sys.platform, platform.machine()]
+        key = hashlib.sha256("\0".join(key_parts).encode()).hexdigest()[:16]
+        for folder in _cache_dirs():
             target = folder / f"window_{key}{suffix}"
             try:
+                if not _safe_folder(folder):
+                    errors.append(f"{folder} is not private to this user")
+                    continue
                 if not target.exists():
                     error = _compile(compiler, flags, folder, target)
                     if error:
                         errors.append(error)
                         break  # these flags fail in any folder: try the next set
                 return ctypes.CDLL(str(target))
-            except OSError as err:  # unwritable cache folder, or a library that will not load
+            except (OSError, subprocess.SubprocessError) as err:  # unwritable folder, a library that will not load
                 errors.append(str(err))
     raise RuntimeError("; ".join(errors))
 
@@ -227,10 +274,10 @@ def _library() -> ctypes.CDLL | None:
                 lib = _build()
                 i64, ptr, strides = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
                 for s in _VARIANTS:
-                    getattr(lib, f"window_fwd_{s}").argtypes = [ptr] * 3 + [i64] * 7 + [strides, i64, i64]
-                    getattr(lib, f"window_bwd_{s}").argtypes = [ptr] * 5 + [i64] * 7 + [strides, i64, i64]
+                    getattr(lib, f"window_fwd_{s}").argtypes = [ptr] * 3 + [i64] * 7 + [strides, i64, i64, i64]
+                    getattr(lib, f"window_bwd_{s}").argtypes = [ptr] * 5 + [i64] * 7 + [strides, i64, i64, i64]
+                _openmp = bool(lib.window_openmp())  # before _lib: readers check _lib without the lock
                 _lib = lib
-                _openmp = bool(lib.window_openmp())
             except Exception as err:  # noqa: BLE001 - any build problem means: use the PyTorch path
                 _failed = str(err)
                 warnings.warn(
@@ -250,16 +297,19 @@ def native_available() -> bool:
 
 
 def _parallel_rows(fn, rows: int, *args) -> None:
+    """``fn(*args, threads, lo, hi)`` over rows ``[0, rows)``: one call on ``torch.get_num_threads()``
+    OpenMP threads, or (builds without OpenMP) one single-threaded call per Python thread."""
     global _pool
     threads = max(1, min(torch.get_num_threads(), rows))
-    if threads == 1 or _openmp:  # OpenMP builds split the rows themselves
-        fn(*args, 0, rows)
+    if threads == 1 or _openmp:
+        fn(*args, threads, 0, rows)
         return
-    if _pool is None or _pool._max_workers < threads:  # noqa: SLF001
-        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gsa_search-window")
+    pool = _pool
+    if pool is None or pool._max_workers < threads:  # noqa: SLF001
+        pool = _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gsa_search-window")
     bounds = [rows * t // threads for t in range(threads + 1)]
-    jobs = [_pool.submit(fn, *args, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    fn(*args, bounds[0], bounds[1])  # the calling thread takes the first share
+    jobs = [pool.submit(fn, *args, 1, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    fn(*args, 1, bounds[0], bounds[1])  # the calling thread takes the first share
     for job in jobs:
         job.result()
 
@@ -273,9 +323,10 @@ def _variant(v: torch.Tensor) -> str:
 def _native_forward(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
     b, h, w, n, d = v.shape
     out = torch.empty(b, h, w, n, d, dtype=v.dtype)
-    strides = (ctypes.c_int64 * 4)(*v.stride()[:4])
-    fn = getattr(_lib, f"window_fwd_{_variant(v)}")
-    _parallel_rows(fn, b * h, a.data_ptr(), v.data_ptr(), out.data_ptr(), b, h, w, n, d, ry, rx, strides)
+    if out.numel():
+        strides = (ctypes.c_int64 * 4)(*v.stride()[:4])
+        fn = getattr(_lib, f"window_fwd_{_variant(v)}")
+        _parallel_rows(fn, b * h, a.data_ptr(), v.data_ptr(), out.data_ptr(), b, h, w, n, d, ry, rx, strides)
     return out
 
 
@@ -284,6 +335,8 @@ def _native_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     b, h, w, n, d = v.shape
     ga, gv = torch.empty_like(a), torch.empty(b, h, w, n, d, dtype=v.dtype)
+    if not gv.numel():
+        return ga.zero_(), gv
     strides = (ctypes.c_int64 * 4)(*v.stride()[:4])
     fn = getattr(_lib, f"window_bwd_{_variant(v)}")
     args = (a.data_ptr(), v.data_ptr(), g.data_ptr(), ga.data_ptr(), gv.data_ptr(), b, h, w, n, d, ry, rx, strides)
@@ -292,7 +345,7 @@ def _native_backward(
 
 
 def _overlaps(h: int, w: int, ry: int, rx: int):
-    """``(dy, dx, query slices, key slices)`` for every window offset that overlaps the map."""
+    """``(k, query slices, key slices)`` for every window offset ``k`` that overlaps the map."""
     for dy in range(2 * ry + 1):
         oy = dy - ry
         qy, ky = slice(max(0, -oy), min(h, h - oy)), slice(max(0, oy), min(h, h + oy))
@@ -305,25 +358,31 @@ def _overlaps(h: int, w: int, ry: int, rx: int):
                 yield dy * (2 * rx + 1) + dx, (slice(None), qy, qx), (slice(None), ky, kx)
 
 
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    """Sums over the window run in float32 for half-precision inputs (CUDA autocast)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _torch_forward(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
     b, h, w, n, d = v.shape
     weights = a.permute(1, 2, 3, 0, 4)  # (B, H, W, N, K)
-    out = v.new_zeros(b, h, w, n, d)
+    out = torch.zeros(b, h, w, n, d, dtype=_accumulator(v.dtype), device=v.device)
     for k, q, key in _overlaps(h, w, ry, rx):
         out[q].addcmul_(weights[q][..., k, None], v[key])
-    return out
+    return out.to(v.dtype)
 
 
 def _torch_backward(
     a: torch.Tensor, v: torch.Tensor, g: torch.Tensor, ry: int, rx: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     weights = a.permute(1, 2, 3, 0, 4)
-    ga, gv = torch.zeros_like(a), torch.zeros(v.shape, dtype=v.dtype, device=v.device)
+    ga = torch.zeros_like(a)
+    gv = torch.zeros(v.shape, dtype=_accumulator(v.dtype), device=v.device)
     ga_view = ga.permute(1, 2, 3, 0, 4)
     for k, q, key in _overlaps(v.shape[1], v.shape[2], ry, rx):
         ga_view[q][..., k] = torch.linalg.vecdot(g[q], v[key])
         gv[key].addcmul_(weights[q][..., k, None], g[q])
-    return ga, gv
+    return ga, gv.to(v.dtype)
 
 
 def _use_native(*tensors: torch.Tensor) -> bool:
@@ -333,10 +392,30 @@ def _use_native(*tensors: torch.Tensor) -> bool:
     )
 
 
+def _check(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int, grad: torch.Tensor | None = None) -> None:
+    """Shapes and dtypes the kernel relies on (it reads raw memory): checked in the operators
+    themselves, so calling ``torch.ops.gsa_search.window_sum`` directly is as safe as the wrapper."""
+    if ry < 0 or rx < 0:
+        raise ValueError(f"window_sum: window radii must be >= 0, got ({ry}, {rx})")
+    if a.dim() != 5 or v.dim() != 5:
+        raise ValueError(f"window_sum: weights (N, B, H, W, K) and values (B, H, W, N, d_v), got {tuple(a.shape)} and {tuple(v.shape)}")
+    n, b, h, w, k = a.shape
+    if tuple(v.shape[:4]) != (b, h, w, n) or k != (2 * ry + 1) * (2 * rx + 1):
+        raise ValueError(
+            f"window_sum: weights {tuple(a.shape)} do not fit values {tuple(v.shape)} and window ({ry}, {rx})"
+        )
+    if grad is not None and grad.shape != v.shape:
+        raise ValueError(f"window_sum: gradient {tuple(grad.shape)} does not match values {tuple(v.shape)}")
+    dtypes = {t.dtype for t in (a, v, grad) if t is not None}
+    if len(dtypes) != 1:
+        raise ValueError(f"window_sum: weights, values (and gradient) must share a dtype, got {sorted(map(str, dtypes))}")
+
+
 # A custom operator (not an autograd.Function), so FLOP counters (fvcore's trace and
 # torch.utils.flop_counter), torch.compile and the meta device all see one opaque op.
 @torch.library.custom_op("gsa_search::window_sum", mutates_args=())
 def _window_sum_op(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
+    _check(a, v, ry, rx)
     a = a.contiguous()
     if v.stride(-1) != 1:
         v = v.contiguous()
@@ -345,6 +424,7 @@ def _window_sum_op(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int) -> torch.
 
 @_window_sum_op.register_fake
 def _(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
+    _check(a, v, ry, rx)
     return v.new_empty(v.shape)
 
 
@@ -352,6 +432,7 @@ def _(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
 def _window_sum_backward_op(
     a: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, ry: int, rx: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _check(a, v, ry, rx, grad)
     a, grad = a.contiguous(), grad.contiguous()
     if v.stride(-1) != 1:
         v = v.contiguous()
@@ -360,6 +441,7 @@ def _window_sum_backward_op(
 
 @_window_sum_backward_op.register_fake
 def _(a: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, ry: int, rx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    _check(a, v, ry, rx, grad)
     return a.new_empty(a.shape), v.new_empty(v.shape)
 
 
@@ -411,13 +493,9 @@ def window_sum(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int) -> torch.Tens
                 [21., 36., 27.],
                 [20., 33., 24.]])
     """
-    n, b, h, w, k = a.shape
-    if v.shape[:4] != (b, h, w, n) or k != (2 * ry + 1) * (2 * rx + 1):
-        raise ValueError(
-            f"window_sum: weights {tuple(a.shape)} do not fit values {tuple(v.shape)} and window ({ry}, {rx})"
-        )
     if v.dtype != a.dtype:
         v = v.to(a.dtype)
+    _check(a, v, ry, rx)
     if a.device.type == "cpu" and a.dtype in (torch.bfloat16, torch.float16) and native_available():
         # the compiled kernel runs in float32 (CPU autocast hands it bfloat16)
         return _window_sum_op(a.float(), v.float(), ry, rx).to(a.dtype)
