@@ -656,6 +656,28 @@ def test_gsa_block_gradients_match_finite_differences(fields):
     assert torch.autograd.gradcheck(run, (x,) + params, eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_gsa_block_2d_matches_naive_and_finite_differences_on_every_path(pos2d_path, shared):
+    """The whole 2D block (projection, content, 2D positional) on each 2D algorithm: output against
+    the naive loops, and every gradient against float64 finite differences."""
+    torch.manual_seed(34)
+    block = _gsa_block(
+        3, HEADS * DV, 1, dim_value=DV, feature_size=6, positional="2d", rel_span=1, shared_embeddings=shared
+    ).eval()
+    x = _randn(2, 3, 6, 5, seed=35)
+    q, k, v = ref_split_qkv(x, block.qkv.weight.detach(), HEADS, DK, DV, content=True)
+    expected = (ref_positional_2d(q, v, block.positional.rel.detach()) + ref_content(q, k, v)).reshape(2, -1, 6, 5)
+    with torch.no_grad():
+        assert_matches(block(x), expected)
+    names = [name for name, _ in block.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for _, p in block.named_parameters())
+
+    def run(x, *tables):
+        return torch.func.functional_call(block, dict(zip(names, tables)), (x,))
+
+    assert torch.autograd.gradcheck(run, (x.requires_grad_(True),) + params, eps=1e-6, atol=1e-6)
+
+
 def test_block_parameter_gradients_do_not_need_an_input_gradient():
     """With an input that needs no gradient (a first layer, a frozen stem) the input gradient is
     skipped and the parameters' gradients are unchanged."""

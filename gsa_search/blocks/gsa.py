@@ -25,8 +25,9 @@ backbone builder fills it in per stage.
 Implementation: the projection returns q, k, v channels last (one batched matmul, no copy of the
 input), which both positional steps and the content path read in place through strided views; the
 relative-attention kernel (``_relative.py``) writes the row step's result in NCHW order, so the
-block needs no transpose at its output. The 2D path's cost also grows with W (every query row
-attends to all ``(2r+1) * W`` values of its window rows, zeros outside the window included).
+block needs no transpose at its output. Local 2D windows are computed key by key (a logits matmul
+and the compiled window sum of ``_window.py``); windows about as wide as the map reuse the banded
+row kernel (:func:`window_path` decides).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class GSAConfig(BlockConfig):
         output_proj: a final 1x1 projection (the paper has none).
         memory_efficient: keep no positional logits for backward and recompute them there:
             ``heads * B * H * W * (H + W)`` fewer stored elements for 0-10% more time (measured). Changes
-            neither the maths nor the FLOPs count.
+            neither the maths nor the FLOPs count. No effect on the local 2D window path, which
+            stores only ``(2r+1)^2`` logits per query and head.
     """
 
     heads: int = 8
