@@ -19,8 +19,9 @@ import torch
 from torch.nn import functional as F
 
 from .data import load_dataset
+from .device import resolve_device
 from .models import GSAResNet, model_config
-from .train import DIGITS_IMAGE_SIZE, DIGITS_RECIPE, Recipe, _optimizer, resolve_device, train
+from .train import DIGITS_IMAGE_SIZE, DIGITS_RECIPE, Recipe, build_optimizer, train
 
 __all__ = ["bare_epoch", "trainer_overhead", "digits_time_to_accuracy", "main"]
 
@@ -34,7 +35,7 @@ def bare_epoch(model_name: str, data, recipe: Recipe) -> float:
         num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
     )
     model = GSAResNet(cfg).to(device).train()
-    optimizer = _optimizer(model, recipe)
+    optimizer = build_optimizer(model, recipe)
     x, y = data.train_x, data.train_y
     steps = len(x) // recipe.batch_size
     tic = time.perf_counter()

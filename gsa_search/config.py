@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import operator
 from typing import Any, Iterable, TypeVar
 
-__all__ = ["ConfigMixin", "check_bool", "check_choice", "check_positive_int", "check_positive", "check_range"]
+__all__ = [
+    "ConfigMixin",
+    "as_int",
+    "as_number",
+    "check_bool",
+    "check_choice",
+    "check_positive_int",
+    "check_positive",
+    "check_range",
+    "normalize_numbers",
+]
 
 C = TypeVar("C", bound="ConfigMixin")
 
@@ -52,22 +64,56 @@ class ConfigMixin:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
+def _is_bool(value: Any) -> bool:
+    """``bool`` or a numpy boolean (``numpy.bool_``, named ``numpy.bool`` since numpy 2)."""
+    kind = type(value)
+    return isinstance(value, bool) or (kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"))
+
+
+def as_int(value: Any) -> int | None:
+    """``value`` as a plain ``int`` if it is integral (``int``, ``numpy.int64``, anything with
+    ``__index__``), else ``None``. Booleans are not integers here.
+
+    Configs rebuilt from a results table come back with numpy scalars; configs store plain ints so
+    that ``to_dict`` stays JSON-serialisable.
+    """
+    if _is_bool(value):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def as_number(value: Any) -> float | int | None:
+    """``value`` as a plain ``int``/``float`` if it is a real number (numpy scalars included), else ``None``."""
+    integral = as_int(value)
+    if integral is not None:
+        return integral
+    if _is_bool(value) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
 def check_positive_int(owner: str, field: str, value: Any, *, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    integral = as_int(value)
+    if integral is None or integral < 1:
         extra = " or None" if allow_none else ""
         raise ValueError(f"{owner}.{field} must be a positive integer{extra}, got {value!r}")
 
 
 def check_positive(owner: str, field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+    number = as_number(value)
+    if number is None or not 0 < number < math.inf:
         raise ValueError(f"{owner}.{field} must be a positive finite number, got {value!r}")
 
 
 def check_range(owner: str, field: str, value: Any, low: float, high: float, *, high_inclusive: bool = False) -> None:
     """``low <= value < high`` (``<= high`` with ``high_inclusive``), a finite real number."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    value = as_number(value)
+    ok = value is not None and math.isfinite(value)
     ok = ok and low <= value and (value <= high if high_inclusive else value < high)
     if not ok:
         bracket = "]" if high_inclusive else ")"
@@ -85,3 +131,22 @@ def check_choice(owner: str, field: str, value: Any, allowed: Iterable[Any]) -> 
 def check_bool(owner: str, field: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{owner}.{field} must be True or False, got {value!r}")
+
+
+def normalize_numbers(config: Any) -> None:
+    """Replace numpy integer/float/boolean scalars in a frozen dataclass's fields by plain
+    ``int``/``float``/``bool`` (other values, strings and ``None`` included, are left as they are).
+
+    Call at the start of ``__post_init__`` so that checks see, and ``to_dict`` returns, plain
+    Python numbers whatever the caller passed (a results table hands back ``numpy.int64``).
+    """
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value is None or type(value) in (bool, int, float, str):
+            continue
+        if _is_bool(value):
+            object.__setattr__(config, field.name, bool(value))
+            continue
+        number = as_number(value)
+        if number is not None:
+            object.__setattr__(config, field.name, number)

@@ -16,8 +16,9 @@ import pandas as pd
 
 from . import metrics as M
 from .data import load_dataset
+from .device import resolve_device
 from .models import model_config
-from .train import DIGITS_IMAGE_SIZE, DIGITS_RECIPE, resolve_device, train
+from .train import DIGITS_IMAGE_SIZE, DIGITS_RECIPE, train
 
 DEFAULT_MODELS = ("proxy_resnet", "proxy_gsa_resnet", "proxy_gsa_content", "proxy_gsa_positional")
 

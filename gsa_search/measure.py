@@ -14,9 +14,12 @@ multiply-add = one FLOP (ResNet-50 at 224x224 = about 4.1 G). ``torch.utils.flop
   ``FlopCount.uncounted``; only pure shape and memory operators (view, reshape, permute, cat, to,
   ...) go unlisted. Custom autograd functions are opaque to the tracer: each needs a handle here
   (``prim::PythonOp.<class name>``), or it shows up in ``uncounted``.
-* :func:`analytic_flops` gives the same number from a block config and the map size, with one
-  short formula per registered block type (:func:`register_flop_formula`); the tests check that the
-  two agree exactly for every block, so a formula that drifts from its implementation is caught.
+* :func:`analytic_flops` gives the same number from a block config and the map size: each block
+  config carries its own short formula (:meth:`~gsa_search.blocks.BlockConfig.flops`, beside the
+  block's code); the tests check that the two agree exactly for every registered block, so a
+  formula that drifts from its implementation is caught.
+* :func:`model_flops` / :func:`model_params` build a model from its config and count it once per
+  ``(config, input shape)``: a cache for searches and training runs that ask again.
 * :func:`measure_latency` times forward and forward+backward runs (medians and IQRs) and reports
   memory: the CUDA allocator's peak on GPUs, and everywhere the bytes autograd saves for backward.
 * :func:`flops_breakdown` is a per-stage / per-bottleneck table of parameters and MACs.
@@ -34,39 +37,40 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import logging
 import math
 import statistics
+import threading
 import time
 import warnings
-from collections import Counter
-from typing import Any, Callable, Iterator, Sequence
+from collections import Counter, OrderedDict
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 
-from .blocks.base import BlockConfig, block_config, block_config_from_dict, head_dims
-from .blocks.conv import ConvConfig
-from .blocks.explicit import ExplicitConfig
-from .blocks.gsa import GSAConfig, window_path
-from .blocks.mhsa import MHSAConfig
-from .registry import Registry
+from .blocks.base import BlockConfig, as_block_config
+from .config import as_int
+from .device import resolve_device
+from .metrics import FLOPS_CONVENTION
 
 __all__ = [
     "CONVENTION",
     "FlopCount",
     "LatencyResult",
     "analytic_flops",
+    "clear_cost_caches",
     "count_flops",
     "count_params",
     "flops_breakdown",
-    "list_flop_formulas",
     "measure_latency",
-    "register_flop_formula",
+    "model_flops",
+    "model_params",
 ]
 
-CONVENTION = "multiply-accumulates (1 MAC = 1 FLOP), the GSA/ResNet papers' convention"
+CONVENTION = FLOPS_CONVENTION  # alias: the convention is defined once, in gsa_search.metrics
 
 
 # --- parameters --------------------------------------------------------------------------------------
@@ -99,7 +103,7 @@ class FlopCount:
     @property
     def convention(self) -> str:
         names = ", ".join(sorted(op.split("::")[-1] for op in self.uncounted)) or "nothing"
-        return f"{CONVENTION}; uncounted: {names}"
+        return f"{FLOPS_CONVENTION}; uncounted: {names}"
 
 
 def _shape(value: Any) -> list[int]:
@@ -255,10 +259,11 @@ def _random_input(shape: tuple[int, ...], device: torch.device, dtype: torch.dty
 
 
 def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
-    shape = tuple(input_shape)
-    if len(shape) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+    """``input_shape`` as a tuple of plain ints (numpy integers accepted), each >= 1."""
+    shape = tuple(as_int(s) for s in input_shape)
+    if len(shape) < 2 or any(s is None or s < 1 for s in shape):
         raise ValueError(f"input_shape must be (batch, channels, ...) positive integers, got {input_shape!r}")
-    return shape
+    return shape  # type: ignore[return-value]
 
 
 def count_flops(
@@ -282,7 +287,7 @@ def count_flops(
     shape = _check_shape(input_shape)
     model = getattr(model, "_orig_mod", model)
     model_device, dtype = _model_device_dtype(model)
-    device = torch.device(device) if device is not None else model_device
+    device = resolve_device(device, owner="count_flops") if device is not None else model_device
     counted = copy.deepcopy(model).to(device).eval()
     x = _random_input(shape, device, dtype)
     listed: Counter[str] = Counter()
@@ -314,20 +319,7 @@ def count_flops(
     )
 
 
-# --- analytic FLOPs (one formula per block type) -----------------------------------------------------
-
-FlopFormula = Callable[..., int]
-_FORMULAS: Registry[FlopFormula] = Registry("FLOPs formula")
-
-
-def register_flop_formula(block_type: str) -> Callable[[FlopFormula], FlopFormula]:
-    """Register ``f(cfg, in_channels, out_channels, height, width, stride) -> MACs`` for a block type."""
-    return _FORMULAS.register(block_type)
-
-
-def list_flop_formulas() -> list[str]:
-    """Block types that have an analytic FLOPs formula."""
-    return _FORMULAS.names()
+# --- analytic FLOPs (each block config's own formula) ------------------------------------------------
 
 
 def analytic_flops(
@@ -342,78 +334,133 @@ def analytic_flops(
     """MACs of one block on one ``height`` x ``width`` image, from its config (same convention as
     :func:`count_flops`: pooling, norms, softmax and element-wise ops are not counted).
 
+    The formula lives beside its block, as :meth:`~gsa_search.blocks.BlockConfig.flops` on the
+    block's config; this function accepts a config, a registered block name or a config dict.
+
     Example:
         >>> analytic_flops("conv", 8, 8, 4, 4)
         9216
     """
-    if isinstance(block_cfg, str):
-        block_cfg = block_config(block_cfg)
-    elif isinstance(block_cfg, dict):
-        block_cfg = block_config_from_dict(block_cfg)
-    return int(_FORMULAS.get(block_cfg.block_type)(block_cfg, in_channels, out_channels, height, width, stride))
+    cfg = as_block_config(block_cfg)
+    return int(cfg.flops(in_channels, out_channels, height, width, stride=stride))
 
 
-def _conv_macs(c_in: int, c_out: int, height: int, width: int, kernel: int, stride: int, groups: int = 1) -> int:
-    """A same-padded ``kernel`` x ``kernel`` conv: output ``ceil(size / stride)``."""
-    return math.ceil(height / stride) * math.ceil(width / stride) * c_out * (c_in // groups) * kernel * kernel
+# --- per-config cost cache (what a search asks for again and again) -------------------------------------
 
 
-@register_flop_formula("conv")
-def _conv_formula(cfg: ConvConfig, c_in: int, c_out: int, height: int, width: int, stride: int) -> int:
-    return _conv_macs(c_in, c_out, height, width, cfg.kernel_size, stride, cfg.groups)
+class _LRU:
+    """A small thread-safe least-recently-used dict (trials may run in threads)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
-@register_flop_formula("gsa")
-def _gsa_formula(cfg: GSAConfig, c_in: int, c_out: int, height: int, width: int, stride: int) -> int:
-    """``GSABlock.forward``: everything at full resolution, then the (uncounted) 2x2 pool."""
-    n = cfg.heads
-    d_k, d_v = head_dims(
-        "gsa", heads=n, dim_key=cfg.dim_key, dim_value=cfg.dim_value, out_channels=c_out, output_proj=cfg.output_proj
-    )
-    length = height * width
-    macs = length * c_in * (n * d_k * (2 if cfg.content else 1) + n * d_v)  # qkv 1x1 conv
-    if cfg.content:  # ContentAttention: K V^T then G^T Q
-        macs += 2 * n * d_k * d_v * length
-    if cfg.positional == "axial":
-        # AxialPositionalAttention: relative_axis_attention along H (S = W sequences of length H), then
-        # along W; each costs N * L * axis * (d_k + d_v) whatever the span (dense L x L embeddings).
-        macs += n * length * (height + width) * (d_k + d_v)
-    elif cfg.positional == "2d":
-        # Positional2DAttention: window path, every query against its (2ry+1) x (2rx+1) offsets
-        # (logits matmul + window sum); row path, every query row (H + ry per image: the padding rows'
-        # queries are zero but computed) against the 2ry+1 whole rows of its window.
-        span = cfg.span() if cfg.feature_size is not None or not cfg.global_span else max(height, width) - 1
-        ry, rx = min(span, height - 1), min(span, width - 1)
-        if window_path(height, width, ry, rx):
-            macs += n * length * (2 * ry + 1) * (2 * rx + 1) * (d_k + d_v)
-        else:
-            macs += n * (height + ry) * width * (2 * ry + 1) * width * (d_k + d_v)
-    if cfg.output_proj:
-        macs += length * n * d_v * c_out
-    return macs
+_CACHE_SIZE = 512
+_FLOPS_CACHE = _LRU(_CACHE_SIZE)
+_PARAMS_CACHE = _LRU(_CACHE_SIZE)
 
 
-@register_flop_formula("explicit")
-def _explicit_formula(cfg: ExplicitConfig, c_in: int, c_out: int, height: int, width: int, stride: int) -> int:
-    """``ExplicitBlock.forward``: 1x1 value conv, ``K_H @ V @ K_W^T`` (full res), optional 3x3 conv."""
-    macs = height * width * c_in * c_out + c_out * height * width * (height + width)
-    if cfg.placement == "beside":
-        macs += _conv_macs(c_in, c_out, height, width, 3, stride)
-    return macs
+def _model_config(model_cfg: Any) -> Any:
+    """A dict becomes its config (so that equal configs get equal keys); anything else needs ``to_dict()``."""
+    from .models import model_config_from_dict  # imported here: models import blocks, like this module
+
+    if isinstance(model_cfg, dict):
+        return model_config_from_dict(model_cfg)
+    if not callable(getattr(model_cfg, "to_dict", None)):
+        raise ValueError(
+            f"a model config must be a backbone config (e.g. ModelConfig), its dict, or have to_dict(); "
+            f"got {type(model_cfg).__name__}"
+        )
+    return model_cfg
 
 
-@register_flop_formula("mhsa")
-def _mhsa_formula(cfg: MHSAConfig, c_in: int, c_out: int, height: int, width: int, stride: int) -> int:
-    """``MHSABlock.forward``: qkv 1x1 conv, SDPA over all L = H*W positions, optional projection."""
-    n = cfg.heads
-    d_k, d_v = head_dims(
-        "mhsa", heads=n, dim_key=cfg.dim_key, dim_value=cfg.dim_value, out_channels=c_out, output_proj=cfg.output_proj
-    )
-    length = height * width
-    macs = length * c_in * n * (2 * d_k + d_v) + n * length * length * (d_k + d_v)
-    if cfg.output_proj:
-        macs += length * n * d_v * c_out
-    return macs
+def _config_key(model_cfg: Any) -> str:
+    """The cache key of a model config: its ``to_dict()`` as sorted JSON."""
+    return json.dumps(model_cfg.to_dict(), sort_keys=True, default=repr)
+
+
+def _build(model_cfg: Any) -> nn.Module:
+    """``build_model(cfg)`` (on the CPU) without touching the global RNG: seeded runs stay reproducible."""
+    from .models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        return build_model(model_cfg)
+
+
+def model_flops(model_cfg: Any, input_shape: Sequence[int]) -> FlopCount:
+    """:func:`count_flops` of the model built from ``model_cfg`` (a
+    :class:`~gsa_search.models.ModelConfig`, its dict, or anything with ``to_dict()``) on
+    ``input_shape``, cached by ``(config, input_shape)``.
+
+    The count depends only on the config and the input size, so a search (or ``train``) asking
+    again for an equal config, even a separately built one, gets the same :class:`FlopCount`
+    object back without building or tracing anything. The last 512 entries are kept; the model is
+    built on the CPU without touching the global RNG. Treat the result as read-only (it is shared).
+
+    Example:
+        >>> from gsa_search.models import model_config
+        >>> cfg = model_config("proxy_resnet")
+        >>> model_flops(cfg, (1, 3, 32, 32)) is model_flops(cfg, (1, 3, 32, 32))
+        True
+    """
+    shape = _check_shape(input_shape)
+    model_cfg = _model_config(model_cfg)
+    key = (_config_key(model_cfg), shape)
+    count = _FLOPS_CACHE.get(key)
+    if count is None:
+        model = _build(model_cfg)
+        count = count_flops(model, shape)
+        _FLOPS_CACHE.put(key, count)
+        _PARAMS_CACHE.put(key[0], count_params(model))
+    return count
+
+
+def model_params(model_cfg: Any) -> int:
+    """:func:`count_params` of the model built from ``model_cfg`` (as :func:`model_flops`), cached
+    by config.
+
+    Example:
+        >>> from gsa_search.models import model_config
+        >>> model_params(model_config("proxy_resnet")) > 0
+        True
+    """
+    model_cfg = _model_config(model_cfg)
+    key = _config_key(model_cfg)
+    params = _PARAMS_CACHE.get(key)
+    if params is None:
+        params = count_params(_build(model_cfg))
+        _PARAMS_CACHE.put(key, params)
+    return params
+
+
+def clear_cost_caches() -> None:
+    """Forget every cached :func:`model_flops` / :func:`model_params` result (e.g. after editing a
+    block's code in a notebook session)."""
+    _FLOPS_CACHE.clear()
+    _PARAMS_CACHE.clear()
 
 
 # --- latency and memory --------------------------------------------------------------------------------
@@ -438,12 +485,6 @@ class LatencyResult:
     activation_mb: float
     device: str
     repeats: int
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _loss(out: Any) -> torch.Tensor:
@@ -514,7 +555,7 @@ def measure_latency(
     for field, value, low in (("warmup", warmup, 0), ("repeats", repeats, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"measure_latency: {field} must be an integer >= {low}, got {value!r}")
-    dev = _resolve_device(device)
+    dev = resolve_device(device, owner="measure_latency")
     cuda = dev.type == "cuda"
     model.to(dev)
     if channels_last:

@@ -9,6 +9,8 @@ from __future__ import annotations
 __all__ = [
     "ACCURACY",
     "TOP5",
+    "TEST_ACCURACY",
+    "TEST_LOSS",
     "VAL_LOSS",
     "TRAIN_LOSS",
     "FLOPS",
@@ -24,6 +26,8 @@ __all__ = [
 ACCURACY = "accuracy"  # top-1 validation accuracy in [0, 1]
 TOP5 = "top5"  # top-5 validation accuracy (datasets with more than 10 classes)
 VAL_LOSS = "val_loss"
+TEST_ACCURACY = "test_accuracy"  # top-1 accuracy of the final model on the test split, when there is one
+TEST_LOSS = "test_loss"
 TRAIN_LOSS = "train_loss"
 FLOPS = "flops"  # multiply-accumulates per image (see FLOPS_CONVENTION)
 PARAMS = "params"
@@ -36,6 +40,8 @@ DIRECTIONS = {
     ACCURACY: "maximize",
     TOP5: "maximize",
     VAL_LOSS: "minimize",
+    TEST_ACCURACY: "maximize",
+    TEST_LOSS: "minimize",
     TRAIN_LOSS: "minimize",
     FLOPS: "minimize",
     PARAMS: "minimize",

@@ -1,15 +1,27 @@
 """Proxy training: one readable function, ``train(model_cfg, recipe, data, report=...)``.
 
 Status: stable. The whole run fits on one screen, in the spirit of nanoGPT/airbench: small datasets
-live on the training device as one tensor and are augmented there in batches; the model is
-evaluated every epoch and ``report(epoch, metrics)`` is called (the only hook: runners turn it into
-Optuna/Ray reports and may raise from it to prune; the exception propagates unchanged).
+live on the training device as one tensor and are augmented there in batches (padding filled with
+the data's black); larger ones stream through DataLoaders with ``recipe.num_workers`` workers. The
+model is evaluated every epoch and ``report(epoch, metrics)`` is called (the only hook: runners
+turn it into Optuna/Ray reports and may raise from it to prune; the exception propagates unchanged).
+When the dataset has a test split, the final model is evaluated on it once, after the last epoch:
+``test_accuracy`` and ``test_loss`` are in the returned metrics, never in the per-epoch history
+that search and pruning read.
+
+Any registered backbone trains through the same code: the model is built from its config with
+:func:`gsa_search.models.build_model` after :meth:`~gsa_search.models.BackboneConfig.fit_to_data`
+(``num_classes``, ``in_channels`` and ``image_size`` come from the dataset). Arguments may be plain
+dicts (a model config dict, a recipe dict, ``{"name": ..., **load_dataset options}``).
 
 Failures runners must record are dedicated exceptions: :class:`DivergenceError` (non-finite loss,
 with epoch and step) and :class:`OutOfMemoryError` (CUDA out of memory, with the batch size).
-With ``checkpoint_dir`` the full state (model, optimiser, schedule, RNG streams, history) is saved
-after every epoch and a later call resumes from it; on CPU a resumed run ends with exactly the
-metrics of an uninterrupted one. The same config and seed on CPU give identical metrics.
+With ``checkpoint_dir`` the full state (model, optimiser, schedule, RNG streams of CPU and the CUDA
+device, history) is saved after every epoch as plain tensors and containers (loadable with
+``torch.load(..., weights_only=True)``) and a later call resumes from it; a resumed run ends with
+exactly the metrics of an uninterrupted one (on CUDA too, given deterministic kernels). The same
+config and seed on CPU give identical metrics, and ``train()`` leaves the caller's global RNG
+state as it found it.
 """
 
 from __future__ import annotations
@@ -28,8 +40,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import metrics as M
-from .config import ConfigMixin, check_bool, check_choice, check_positive, check_positive_int, check_range
-from .models import GSAResNet, ModelConfig
+from .config import (
+    ConfigMixin,
+    as_int,
+    as_number,
+    check_bool,
+    check_choice,
+    check_positive,
+    check_positive_int,
+    check_range,
+    normalize_numbers,
+)
+from .device import resolve_device
+from .measure import count_params, model_flops
+from .models import BackboneConfig, build_model, model_config_from_dict
 
 __all__ = [
     "DIGITS_IMAGE_SIZE",
@@ -40,7 +64,7 @@ __all__ = [
     "OutOfMemoryError",
     "Pruned",
     "train",
-    "resolve_device",
+    "build_optimizer",
     "evaluate",
 ]
 
@@ -51,11 +75,15 @@ ReportFn = Callable[[int, dict[str, float]], None]
 class Recipe(ConfigMixin):
     """How to train a proxy model.
 
-    ``lr`` is the peak learning rate (reached after ``warmup_epochs``); ``schedule`` is ``cosine``
-    (warm-up then cosine decay to zero), ``onecycle`` (linear warm-up then linear decay to zero, the
-    airbench triangle) or ``constant`` (warm-up then flat). ``precision='auto'`` means bf16 autocast
-    on CUDA and float32 on CPU. ``compile`` wraps the model in ``torch.compile`` after its FLOPs are
-    counted.
+    ``lr`` is the peak learning rate (reached after ``warmup_epochs``, which must be shorter than
+    the run; ``None`` means one epoch, or a tenth of the run when that is shorter: see
+    :attr:`effective_warmup_epochs`); ``schedule`` is ``cosine`` (warm-up then cosine decay to zero),
+    ``onecycle`` (linear warm-up then linear decay to zero, the airbench triangle) or ``constant``
+    (warm-up then flat). ``precision='auto'`` means bf16 autocast on CUDA and float32 on CPU.
+    ``compile`` wraps the model in ``torch.compile`` after its FLOPs are counted. ``num_workers``
+    is the DataLoader worker count for streamed (non-resident) data; ``None`` means a share of this
+    machine's cores (:attr:`effective_num_workers`). Resident data never uses workers.
+    Numbers may be numpy scalars (what a results table hands back); they are stored as plain ones.
     """
 
     epochs: int = 10
@@ -65,7 +93,7 @@ class Recipe(ConfigMixin):
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"
-    warmup_epochs: float = 1.0
+    warmup_epochs: Union[float, None] = None
     label_smoothing: float = 0.0
     augment: bool = True
     seed: int = 0
@@ -74,8 +102,10 @@ class Recipe(ConfigMixin):
     channels_last: bool = False
     compile: bool = False
     eval_batch_size: int = 1024
+    num_workers: Union[int, None] = None
 
     def __post_init__(self) -> None:
+        normalize_numbers(self)
         check_positive_int("recipe", "epochs", self.epochs)
         check_positive_int("recipe", "batch_size", self.batch_size)
         check_positive_int("recipe", "eval_batch_size", self.eval_batch_size)
@@ -86,19 +116,38 @@ class Recipe(ConfigMixin):
         check_range("recipe", "momentum", self.momentum, 0, 1)
         check_range("recipe", "label_smoothing", self.label_smoothing, 0, 1)
         check_range("recipe", "weight_decay", self.weight_decay, 0, math.inf)
-        check_range("recipe", "warmup_epochs", self.warmup_epochs, 0, self.epochs, high_inclusive=True)
+        warmup = as_number(self.warmup_epochs)
+        if self.warmup_epochs is not None and (warmup is None or not 0 <= warmup < self.epochs):
+            raise ValueError(
+                f"recipe.warmup_epochs must be None or a number in [0, {self.epochs}) (shorter than "
+                f"epochs={self.epochs}, or the learning rate rises for the whole run), got {self.warmup_epochs!r}"
+            )
         for field in ("augment", "channels_last", "compile"):
             check_bool("recipe", field, getattr(self, field))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+        if as_int(self.seed) is None or self.seed < 0:
             raise ValueError(f"recipe.seed must be an integer >= 0, got {self.seed!r}")
+        if self.num_workers is not None and (as_int(self.num_workers) is None or self.num_workers < 0):
+            raise ValueError(f"recipe.num_workers must be None or an integer >= 0, got {self.num_workers!r}")
         if not isinstance(self.device, str) or not (
             self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)
         ):
             raise ValueError(f"recipe.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
+    @property
+    def effective_warmup_epochs(self) -> float:
+        """``warmup_epochs``, or for ``None`` one epoch capped at a tenth of the run."""
+        return float(self.warmup_epochs) if self.warmup_epochs is not None else min(1.0, self.epochs / 10)
+
+    @property
+    def effective_num_workers(self) -> int:
+        """``num_workers``, or for ``None`` half of this machine's cores, at most 4."""
+        if self.num_workers is not None:
+            return self.num_workers
+        return min(4, max(0, (os.cpu_count() or 1) // 2))
+
 
 # The proxy recipe for the bundled digits data (the demo's and the README's numbers): AdamW,
-# 12 epochs, 16x16 inputs (the scans are 8x8, so larger inputs only upsample them further).
+# 12 epochs (one of warm-up), 16x16 inputs (the scans are 8x8, so larger inputs only upsample them further).
 DIGITS_RECIPE = Recipe(epochs=12, batch_size=64, optimizer="adamw", lr=3e-3, weight_decay=0.05, label_smoothing=0.1)
 DIGITS_IMAGE_SIZE = 16
 
@@ -126,17 +175,9 @@ class Pruned(Exception):
     """A report hook may raise this (or its own exception) to stop a run; train() lets it through."""
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"recipe.device={device!r} but CUDA is not available; use 'auto' or 'cpu'")
-    return torch.device(device)
-
-
 def _lr_factor(recipe: Recipe, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Learning-rate multiplier at optimiser step ``step`` (0-based)."""
-    warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
+    warmup = int(round(recipe.effective_warmup_epochs * steps_per_epoch))
     if step < warmup:
         return (step + 1) / warmup
     if recipe.schedule == "constant":
@@ -147,7 +188,8 @@ def _lr_factor(recipe: Recipe, step: int, total_steps: int, steps_per_epoch: int
     return max(0.0, 1 - progress)  # onecycle: linear decay after the linear warm-up
 
 
-def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimiser over ``model``: weight decay on weights, none on BN/bias/scalars."""
     decay, no_decay = [], []
     for param in model.parameters():
         (no_decay if param.ndim <= 1 else decay).append(param)  # no weight decay on BN/bias/scalars
@@ -199,12 +241,64 @@ def evaluate(
     return out
 
 
-def _fit_model_to_data(model_cfg: ModelConfig | dict[str, Any], data: Any) -> ModelConfig:
+def _as_model_config(model_cfg: Any) -> BackboneConfig:
     if isinstance(model_cfg, dict):
-        model_cfg = ModelConfig.from_dict(model_cfg)
-    if not isinstance(model_cfg, ModelConfig):
-        raise ValueError(f"model_cfg must be a ModelConfig or its dict, got {type(model_cfg).__name__}")
-    return model_cfg.replace(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
+        return model_config_from_dict(model_cfg)
+    if not isinstance(model_cfg, BackboneConfig):
+        hint = " (a preset name? pass model_config(name))" if isinstance(model_cfg, str) else ""
+        raise ValueError(
+            f"train: model_cfg must be a backbone config (e.g. ModelConfig) or its dict, got {type(model_cfg).__name__}{hint}"
+        )
+    return model_cfg
+
+
+def _as_recipe(recipe: Any) -> Recipe:
+    if recipe is None:
+        return Recipe()
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    if not isinstance(recipe, Recipe):
+        raise ValueError(f"train: recipe must be a Recipe, its dict or None, got {type(recipe).__name__}")
+    return recipe
+
+
+def _as_dataset(data: Any, seed: int) -> Any:
+    from .data import DatasetBundle, load_dataset
+
+    if isinstance(data, str):
+        return load_dataset(data, seed=seed)
+    if isinstance(data, dict):
+        options = dict(data)
+        if "name" not in options:
+            raise ValueError(f"train: a data dict needs a 'name' key (plus load_dataset options), got keys {sorted(options)}")
+        options.setdefault("seed", seed)
+        return load_dataset(options.pop("name"), **options)
+    if not isinstance(data, DatasetBundle):
+        raise ValueError(
+            "train: data must be a dataset name, a dict {'name': ..., **load_dataset options} or a DatasetBundle, "
+            f"got {type(data).__name__}"
+        )
+    return data
+
+
+def _same_run(state: dict[str, Any], model_cfg: BackboneConfig, recipe: Recipe) -> bool:
+    """Whether a checkpoint was written by a run of this model config and recipe."""
+    try:
+        return model_config_from_dict(state["model_config"]) == model_cfg and Recipe.from_dict(state["recipe"]) == recipe
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the global RNGs of the CPU and of ``device`` (only those) for a run; restore the caller's after."""
+    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda_devices:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
@@ -214,109 +308,114 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 
 def train(
-    model_cfg: ModelConfig | dict[str, Any],
-    recipe: Recipe | None = None,
-    data: Union[str, Any] = "digits",
+    model_cfg: BackboneConfig | dict[str, Any],
+    recipe: Recipe | dict[str, Any] | None = None,
+    data: Union[str, dict[str, Any], Any] = "digits",
     *,
     report: ReportFn | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Train ``model_cfg`` on ``data`` (a dataset name or a loaded bundle) and return its metrics.
+    """Train ``model_cfg`` on ``data`` and return its metrics.
 
-    The model is fitted to the data (``num_classes``, ``in_channels`` and ``image_size`` come from
-    the dataset). Returns the metrics named in :mod:`gsa_search.metrics` plus ``history`` (one dict
-    per epoch) and ``model_config`` (the config that was trained, as a dict).
+    ``model_cfg`` is any registered backbone's config or its dict; ``recipe`` a :class:`Recipe`, its
+    dict or ``None`` (the defaults); ``data`` a dataset name, ``{"name": ..., **load_dataset
+    options}`` or a loaded :class:`~gsa_search.data.DatasetBundle`. The model is fitted to the data
+    (``num_classes``, ``in_channels`` and ``image_size`` come from the dataset). Returns the metrics
+    named in :mod:`gsa_search.metrics` (the last epoch's), ``test_accuracy``/``test_loss`` when the
+    dataset has a test split, plus ``epochs``, ``device``, ``history`` (one dict per epoch) and
+    ``model_config`` (the config that was trained, as a dict).
 
     Example:
         >>> from gsa_search.models import model_config
-        >>> result = train(model_config("proxy_resnet", width_multiplier=0.25), Recipe(epochs=1))
+        >>> result = train(model_config("proxy_resnet", width_multiplier=0.25), {"epochs": 1})
         >>> 0.0 <= result["accuracy"] <= 1.0
         True
     """
-    from .data import load_dataset
-
-    recipe = recipe or Recipe()
-    if isinstance(data, str):
-        data = load_dataset(data, seed=recipe.seed)
-    model_cfg = _fit_model_to_data(model_cfg, data)
-    device = resolve_device(recipe.device)
-    data = data.to(device) if data.is_resident else data
-
-    torch.manual_seed(recipe.seed)
-    model: nn.Module = GSAResNet(model_cfg).to(device)
-    params = sum(p.numel() for p in model.parameters())
-    flops = _count_flops(model, (1, data.in_channels, data.image_size, data.image_size))
-    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = _optimizer(model, recipe)
-    feed = _Feed(data, recipe, device)
-    total_steps = feed.steps_per_epoch * recipe.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(recipe, step, total_steps, feed.steps_per_epoch)
+    recipe = _as_recipe(recipe)
+    data = _as_dataset(data, recipe.seed)
+    model_cfg = _as_model_config(model_cfg).fit_to_data(
+        num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
     )
-    history: list[dict[str, float]] = []
-    start_epoch, train_time = 0, 0.0
+    device = resolve_device(recipe.device, owner="recipe")
+    data = data.to(device) if data.is_resident else data
+    cuda = device.type == "cuda"
 
-    ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
-    if ckpt_path is not None:
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        if ckpt_path.exists():
-            state = torch.load(ckpt_path, map_location=device, weights_only=False)
-            if state["model_config"] != model_cfg.to_dict() or state["recipe"] != recipe.to_dict():
-                raise ValueError(f"checkpoint {ckpt_path} belongs to a different model or recipe; use another directory")
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            feed.load_state(state["feed"])
-            torch.set_rng_state(state["torch_rng"])
-            start_epoch, train_time, history = state["epoch"] + 1, state["train_time_s"], state["history"]
+    with _seeded(recipe.seed, device):  # the caller's global RNG states are restored on exit
+        model = build_model(model_cfg).to(device)
+        params = count_params(model)
+        flops = model_flops(model_cfg, (1, data.in_channels, data.image_size, data.image_size)).per_image
+        memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+        model = model.to(memory_format=memory_format)
+        optimizer = build_optimizer(model, recipe)
+        feed = _Feed(data, recipe, device)
+        total_steps = feed.steps_per_epoch * recipe.epochs
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: _lr_factor(recipe, step, total_steps, feed.steps_per_epoch)
+        )
+        history: list[dict[str, float]] = []
+        start_epoch, train_time = 0, 0.0
 
-    step_model = torch.compile(model) if recipe.compile else model
-    autocast = _autocast(device, recipe)
-    for epoch in range(start_epoch, recipe.epochs):
-        model.train()
-        _sync(device)
-        tic = time.perf_counter()
-        losses = torch.zeros(feed.steps_per_epoch, device=device)  # one sync per epoch, not per step
-        try:
-            for step, (xb, yb) in enumerate(feed.train_batches()):
-                xb = xb.contiguous(memory_format=memory_format)
-                with autocast:
-                    loss = F.cross_entropy(step_model(xb), yb, label_smoothing=recipe.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                losses[step] = loss.detach().float()
-            _sync(device)
-        except torch.cuda.OutOfMemoryError as exc:
-            raise OutOfMemoryError(recipe.batch_size, str(device), str(exc).splitlines()[0]) from None
-        finite = torch.isfinite(losses)
-        if not bool(finite.all()):
-            bad = int((~finite).nonzero()[0].item())
-            raise DivergenceError(epoch, bad, float(losses[bad].item()))
-        train_time += time.perf_counter() - tic
-        metrics = {M.EPOCH: epoch, M.TRAIN_LOSS: float(losses.mean().item())}
-        try:
-            metrics.update(
-                evaluate(step_model, feed.val_batches(), num_classes=data.num_classes, autocast=autocast, device=device)
-            )
-        except torch.cuda.OutOfMemoryError as exc:
-            raise OutOfMemoryError(recipe.eval_batch_size, str(device), "evaluation: " + str(exc).splitlines()[0]) from None
-        metrics[M.TRAIN_TIME_S] = train_time
-        history.append(metrics)
+        ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
         if ckpt_path is not None:
-            _save(ckpt_path, {
-                "model_config": model_cfg.to_dict(), "recipe": recipe.to_dict(), "epoch": epoch,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "feed": feed.state(),
-                "torch_rng": torch.get_rng_state(), "train_time_s": train_time, "history": history,
-            })
-        if report is not None:
-            report(epoch, dict(metrics))
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            if ckpt_path.exists():
+                state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+                if not _same_run(state, model_cfg, recipe):
+                    raise ValueError(f"checkpoint {ckpt_path} belongs to a different model or recipe; use another directory")
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                feed.load_state(state["feed"])
+                torch.set_rng_state(state["torch_rng"])
+                if cuda and state.get("cuda_rng") is not None:
+                    torch.cuda.set_rng_state(state["cuda_rng"], device)
+                start_epoch, train_time, history = state["epoch"] + 1, state["train_time_s"], state["history"]
 
-    final = dict(history[-1])
-    final.pop(M.EPOCH)
+        step_model = torch.compile(model) if recipe.compile else model
+        autocast = _autocast(device, recipe)
+        for epoch in range(start_epoch, recipe.epochs):
+            model.train()
+            _sync(device)
+            tic = time.perf_counter()
+            losses = torch.zeros(feed.steps_per_epoch, device=device)  # one sync per epoch, not per step
+            try:
+                for step, (xb, yb) in enumerate(feed.train_batches()):
+                    xb = xb.contiguous(memory_format=memory_format)
+                    with autocast:
+                        loss = F.cross_entropy(step_model(xb), yb, label_smoothing=recipe.label_smoothing)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    losses[step] = loss.detach().float()
+                _sync(device)
+            except torch.cuda.OutOfMemoryError as exc:
+                raise OutOfMemoryError(recipe.batch_size, str(device), str(exc).splitlines()[0]) from None
+            finite = torch.isfinite(losses)
+            if not bool(finite.all()):
+                bad = int((~finite).nonzero()[0].item())
+                raise DivergenceError(epoch, bad, float(losses[bad].item()))
+            train_time += time.perf_counter() - tic
+            metrics = {M.EPOCH: epoch, M.TRAIN_LOSS: float(losses.mean().item())}
+            metrics.update(_evaluate(step_model, feed.val_batches(), data, recipe, autocast, device, "evaluation"))
+            metrics[M.TRAIN_TIME_S] = train_time
+            history.append(metrics)
+            if ckpt_path is not None:
+                _save(ckpt_path, {
+                    "model_config": model_cfg.to_dict(), "recipe": recipe.to_dict(), "epoch": epoch,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "feed": feed.state(),
+                    "torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None,
+                    "train_time_s": train_time, "history": history,
+                })
+            if report is not None:
+                report(epoch, dict(metrics))
+
+        final = dict(history[-1])
+        final.pop(M.EPOCH)
+        if data.has_test:  # the final model, once: not part of the history search reads
+            test = _evaluate(step_model, feed.test_batches(), data, recipe, autocast, device, "test evaluation")
+            final.update({M.TEST_ACCURACY: test[M.ACCURACY], M.TEST_LOSS: test[M.VAL_LOSS]})
     images = feed.images_per_epoch * recipe.epochs
     final.update({
         M.PARAMS: params,
@@ -330,6 +429,21 @@ def train(
     return final
 
 
+def _evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    data: Any,
+    recipe: Recipe,
+    autocast: contextlib.AbstractContextManager,
+    device: torch.device,
+    what: str,
+) -> dict[str, float]:
+    try:
+        return evaluate(model, batches, num_classes=data.num_classes, autocast=autocast, device=device)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise OutOfMemoryError(recipe.eval_batch_size, str(device), f"{what}: " + str(exc).splitlines()[0]) from None
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -337,11 +451,14 @@ def _sync(device: torch.device) -> None:
 
 class _Feed:
     """Where batches come from: resident tensors (shuffled and augmented on the device) or, for data
-    too large to keep resident, a DataLoader whose batches are moved to the device."""
+    too large to keep resident, DataLoaders (``recipe.num_workers`` workers) whose batches are moved
+    to the device."""
 
     def __init__(self, data: Any, recipe: Recipe, device: torch.device) -> None:
         self.data, self.recipe, self.device = data, recipe, device
         self.resident = data.is_resident
+        self.num_workers = 0 if self.resident else recipe.effective_num_workers
+        self.pin_memory = device.type == "cuda"
         # shuffling and augmentation draw from this stream only, so a run is reproducible and resumable
         self.generator = torch.Generator(device=device if self.resident else "cpu").manual_seed(recipe.seed)
         size = len(data.train_x) if self.resident else len(data.train_dataset)
@@ -358,20 +475,26 @@ class _Feed:
                              generator=self.generator, drop_last=self.drop_last)
         else:
             loader = data.train_loader(recipe.batch_size, shuffle=True, drop_last=self.drop_last,
-                                       generator=self.generator, pin_memory=self.device.type == "cuda")
+                                       generator=self.generator, num_workers=self.num_workers,
+                                       pin_memory=self.pin_memory)
             source = ((x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)) for x, y in loader)
         for xb, yb in source:
             if recipe.augment:
                 aug_generator = self.generator if self.resident else None
-                xb = augment(xb, flip=data.flip, generator=aug_generator)
+                xb = augment(xb, flip=data.flip, fill=data.black, generator=aug_generator)
             yield xb, yb
 
-    def val_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    def _eval_batches(self, x: torch.Tensor | None, y: torch.Tensor | None, loader: Callable[..., Any]) -> Iterable[Any]:
         size = self.recipe.eval_batch_size
-        if self.resident:
-            x, y = self.data.val_x, self.data.val_y
-            return ((x[i : i + size], y[i : i + size]) for i in range(0, len(x), size))
-        return self.data.val_loader(size, pin_memory=self.device.type == "cuda")
+        if x is not None:
+            return ((x[i : i + size], y[i : i + size]) for i in range(0, len(x), size))  # type: ignore[index]
+        return loader(size, num_workers=self.num_workers, pin_memory=self.pin_memory)
+
+    def val_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        return self._eval_batches(self.data.val_x, self.data.val_y, self.data.val_loader)
+
+    def test_batches(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        return self._eval_batches(self.data.test_x, self.data.test_y, self.data.test_loader)
 
     def state(self) -> torch.Tensor:
         return self.generator.get_state()
@@ -379,10 +502,3 @@ class _Feed:
     def load_state(self, state: torch.Tensor) -> None:
         self.generator.set_state(state.cpu())
 
-
-def _count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int | None:
-    try:
-        from .measure import count_flops
-    except ImportError:  # measurement is an optional layer
-        return None
-    return int(count_flops(model, input_shape).per_image)

@@ -1,0 +1,1 @@
+"""How sweeps run: the Optuna runner, the results table, the ``gsa-search`` command line."""

@@ -18,3 +18,7 @@ def native_kernel():
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+# Fixtures for real services (PostgreSQL) and for `gsa-search` run as processes: see tests/services.py.
+from services import fresh_postgres_database, gsa, postgres_study, postgres_url, study_name  # noqa: E402,F401

@@ -3,18 +3,29 @@ it is registered (shape, finiteness, gradients, eval determinism, config round t
 
 from __future__ import annotations
 
+import json
+import re
+import warnings
+
+import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+import gsa_search.blocks as blocks_package
 from gsa_search.blocks import (
     BlockConfig,
+    ExplicitConfig,
     GSAConfig,
+    MHSAConfig,
+    as_block_config,
     block_config,
     block_config_from_dict,
     create_block,
     list_blocks,
     register_block,
 )
+from gsa_search.blocks import base as blocks_base
 from gsa_search.blocks.conv import ConvBlock, ConvConfig
 from gsa_search.blocks.gsa import window_path
 
@@ -210,3 +221,161 @@ def test_with_feature_size_clamps_an_explicit_span_to_the_map():
 def test_duplicate_registration_is_an_error():
     with pytest.raises(ValueError, match="block 'conv' is already registered"):
         register_block("conv", config=ConvConfig)(ConvBlock)
+
+
+# --- numpy scalars (configs rebuilt from a results table) -------------------------------------------
+
+
+def _numpy(value):
+    """The numpy scalar a results table hands back for a plain value (other values as they are)."""
+    if isinstance(value, bool):
+        return np.bool_(value)
+    if isinstance(value, int):
+        return np.int64(value)
+    if isinstance(value, float):
+        return np.float64(value)
+    return value
+
+
+def _assert_plain(data: dict) -> None:
+    json.dumps(data)  # JSON-serialisable
+    for key, value in data.items():
+        assert type(value) in (bool, int, float, str, type(None)), f"{key}={value!r} is a {type(value).__name__}"
+
+
+@pytest.mark.parametrize("name", list_blocks())
+def test_config_from_a_dict_of_numpy_scalars_stores_plain_numbers(name):
+    cfg = _config(name)
+    data = {key: _numpy(value) for key, value in cfg.to_dict().items()}
+    assert any(isinstance(value, np.generic) for value in data.values())
+    rebuilt = block_config_from_dict(data)
+    assert rebuilt == cfg
+    _assert_plain(rebuilt.to_dict())
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        GSAConfig(
+            heads=np.int64(4), dim_key=np.int32(3), dim_value=np.int16(2), rel_span=np.int64(2),
+            feature_size=np.uint8(8), query_norm=np.bool_(True), output_proj=np.True_,
+        ),
+        GSAConfig(heads=np.int64(2), rel_span="global").with_feature_size(np.int64(8)),
+        ExplicitConfig(init_radius=np.float32(1.5)),
+        ExplicitConfig(init_radius=np.int64(2)),
+        MHSAConfig(heads=np.int64(2), dim_key=np.int64(3), dim_value=np.int64(5), output_proj=np.bool_(True)),
+        ConvConfig(kernel_size=np.int64(5), groups=np.int32(2)),
+    ],
+    ids=lambda cfg: type(cfg).__name__,
+)
+def test_every_config_accepts_numpy_scalars_and_stores_python_numbers(cfg):
+    data = cfg.to_dict()
+    _assert_plain(data)
+    assert block_config_from_dict(json.loads(json.dumps(data))) == cfg  # round trip through JSON
+
+
+def test_numpy_scalars_are_stored_as_the_equal_plain_values():
+    cfg = GSAConfig(heads=np.int64(4), rel_span=np.int64(2), feature_size=np.int64(8), content=np.bool_(False))
+    assert cfg == GSAConfig(heads=4, rel_span=2, feature_size=8, content=False)
+    assert type(cfg.heads) is int and type(cfg.rel_span) is int and type(cfg.content) is bool
+    assert type(ExplicitConfig(init_radius=np.float32(1.5)).init_radius) is float
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: GSAConfig(heads=np.float64(4.0)), r"gsa\.heads must be a positive integer"),
+        (lambda: GSAConfig(heads=np.int64(0)), r"gsa\.heads must be a positive integer"),
+        (lambda: GSAConfig(heads=np.bool_(True)), r"gsa\.heads must be a positive integer"),
+        (lambda: GSAConfig(rel_span=np.float64(2.0)), r"gsa\.rel_span must be 'global' or a positive integer"),
+        (lambda: GSAConfig(rel_span=np.int64(0)), r"gsa\.rel_span must be 'global' or a positive integer"),
+        (lambda: GSAConfig(query_norm=np.int64(1)), r"gsa\.query_norm must be True or False"),
+        (lambda: ExplicitConfig(init_radius=np.float64("nan")), r"explicit\.init_radius must be a positive finite"),
+        (lambda: MHSAConfig(dim_key=np.int64(-1)), r"mhsa\.dim_key must be a positive integer"),
+        (lambda: ConvConfig(kernel_size=np.int64(4)), r"conv\.kernel_size must be odd"),
+    ],
+)
+def test_invalid_numpy_values_are_still_rejected(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+# --- the input contract, checked once in SpatialMixer -------------------------------------------------
+
+
+BAD_INPUTS = {
+    "wrong_channels": (2, 5, SIZE, SIZE),
+    "three_dims": (6, SIZE, SIZE),
+    "five_dims": (1, 2, 6, SIZE, SIZE),
+    "empty_batch": (0, 6, SIZE, SIZE),
+    "empty_height": (2, 6, 0, SIZE),
+}
+
+
+@pytest.mark.parametrize("name", list_blocks())
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_wrong_input_shape_fails_with_the_expected_shape(name, case):
+    block = create_block(_config(name), 6, 8)
+    shape = BAD_INPUTS[case]
+    expected = f"{name} block: expected input of shape (B, in_channels=6, H, W) with B, H, W >= 1, got {shape}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        block(torch.randn(shape))
+    with pytest.raises(ValueError, match="expected input of shape"):
+        block.to("meta")(torch.empty(shape, device="meta"))
+
+
+@pytest.mark.parametrize("name", list_blocks())
+def test_a_non_tensor_input_is_rejected(name):
+    block = create_block(_config(name), 6, 8)
+    expected = f"{name} block: expected a tensor of shape (B, in_channels=6, H, W), got list"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        block([[0.0]])
+
+
+class _RecordOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", list_blocks())
+def test_the_input_check_runs_no_tensor_operation(name):
+    """Shape arithmetic only: no kernel, no device sync, nothing a tracer records."""
+    block = create_block(_config(name), 6, 8)
+    x = torch.randn(2, 6, SIZE, SIZE)
+    with _RecordOps() as recorder:
+        block._check_input(x)
+    assert recorder.ops == []
+
+
+@pytest.mark.parametrize("name", list_blocks())
+def test_the_input_check_works_under_torch_compile_and_jit_trace(name):
+    torch._dynamo.reset()
+    block = create_block(_config(name), 6, 8).eval()
+    x = torch.randn(2, 6, SIZE, SIZE)
+    compiled = torch.compile(block, backend="eager")  # dynamo traces the check; no inductor build
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), block(x))
+        with pytest.raises(ValueError, match=r"in_channels=6"):
+            compiled(torch.randn(2, 5, SIZE, SIZE))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            traced = torch.jit.trace(block, (x,), check_trace=False)
+        torch.testing.assert_close(traced(x), block(x))
+    torch._dynamo.reset()
+    assert not [w for w in caught if w.filename == blocks_base.__file__]  # the check records nothing
+
+
+def test_as_block_config_is_public_and_the_old_private_name_is_an_alias():
+    assert "as_block_config" in blocks_package.__all__ and "as_block_config" in blocks_base.__all__
+    assert blocks_base._as_config is as_block_config
+    assert as_block_config("conv") == ConvConfig()
+    assert as_block_config({"type": "conv", "kernel_size": 5}) == ConvConfig(kernel_size=5)
+    cfg = GSAConfig(heads=2)
+    assert as_block_config(cfg) is cfg
+    with pytest.raises(ValueError, match="a BlockConfig, a block name or a dict; got int"):
+        as_block_config(3)

@@ -4,23 +4,30 @@ the uncounted-operator list, latency/memory fields and the per-layer table."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import inspect
 import warnings
+from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from gsa_search import measure, metrics
 from gsa_search.blocks import BlockConfig, block_config, create_block, list_blocks
 from gsa_search.measure import (
     analytic_flops,
     count_flops,
     count_params,
     flops_breakdown,
-    list_flop_formulas,
     measure_latency,
+    model_flops,
+    model_params,
 )
-from gsa_search.models import create_model
+from gsa_search.models import build_model, create_model, model_config
 
 SIZES = [(8, 8), (12, 10), (16, 16)]
 C_IN, C_OUT = 6, 8
@@ -40,7 +47,32 @@ def _torch_macs(module: nn.Module, x: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name", list_blocks())
 def test_every_registered_block_has_a_formula(name):
-    assert name in list_flop_formulas()
+    """The formula is a method of the block's own config (beside its code), not a base-class stub."""
+    cfg = _config(name, 8)
+    assert type(cfg).flops is not BlockConfig.flops
+    assert inspect.getmodule(type(cfg).flops) is inspect.getmodule(type(create_block(cfg, C_IN, C_OUT)))
+    macs = cfg.flops(C_IN, C_OUT, 8, 8, stride=2)
+    assert type(macs) is int and macs > 0
+    assert analytic_flops(cfg, C_IN, C_OUT, 8, 8, stride=2) == macs
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoFormulaConfig(BlockConfig):
+    block_type: ClassVar[str] = "no_formula"  # never registered: the registry stays as the tests expect
+
+
+def test_a_config_without_a_formula_says_which_block_and_what_to_implement():
+    with pytest.raises(NotImplementedError, match=r"block 'no_formula' has no analytic FLOPs formula: implement "
+                       r"_NoFormulaConfig\.flops\(in_channels, out_channels, height, width, \*, stride=1\)"):
+        analytic_flops(_NoFormulaConfig(), 4, 4, 8, 8)
+
+
+def test_measure_names_no_block_module():
+    """Adding a block is one module plus its registration: measure.py imports only the block base."""
+    tree = ast.parse(inspect.getsource(measure))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert {m for m in imported if m.startswith("blocks")} == {"blocks.base"}
+    assert not hasattr(measure, "register_flop_formula") and not hasattr(measure, "list_flop_formulas")
 
 
 @pytest.mark.parametrize("name", list_blocks())
@@ -171,6 +203,24 @@ def test_analytic_flops_accepts_names_and_dicts_and_rejects_unknown_types():
         analytic_flops({"type": "nope"}, 4, 4, 8, 8)
 
 
+def test_the_flops_convention_is_defined_once():
+    assert measure.CONVENTION is metrics.FLOPS_CONVENTION
+    count = count_flops(create_block("conv", 4, 4), (1, 4, 4, 4))
+    assert count.convention == f"{metrics.FLOPS_CONVENTION}; uncounted: nothing"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_asking_for_cuda_without_it_raises_the_clear_error():
+    block = create_block("conv", 4, 4)
+    with pytest.raises(ValueError, match=r"measure_latency: device='cuda' but CUDA is not available on this machine"):
+        measure_latency(block, (1, 4, 4, 4), device="cuda", warmup=0, repeats=1)
+    with pytest.raises(ValueError, match=r"count_flops: device='cuda:0' but CUDA is not available"):
+        count_flops(block, (1, 4, 4, 4), device="cuda:0")
+    with pytest.raises(ValueError, match=r"measure_latency\.device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        measure_latency(block, (1, 4, 4, 4), device="gpu", warmup=0, repeats=1)
+    assert all(p.device.type == "cpu" for p in block.parameters())  # rejected before moving anything
+
+
 def test_measure_latency_on_cpu():
     model = create_model("proxy_gsa_resnet").eval()
     before = {name: buf.clone() for name, buf in model.named_buffers()}
@@ -230,3 +280,71 @@ def test_2d_counts_only_the_window_for_local_spans():
     whole_rows = 2 * (6 + 1) * 48 * 3 * 48 * (d + d)
     assert count.by_module["positional"] < 0.1 * whole_rows
     assert _torch_macs(block.eval(), torch.randn(1, C_IN, 6, 48)) == pytest.approx(count.total, rel=0.01)
+
+
+# --- per-config cost cache ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def traces(monkeypatch):
+    """Counts calls of ``count_flops`` (what model_flops would trace) with an empty cache."""
+    calls: list[tuple[int, ...]] = []
+    real = measure.count_flops
+
+    def counting(model, input_shape, **kwargs):
+        calls.append(tuple(input_shape))
+        return real(model, input_shape, **kwargs)
+
+    monkeypatch.setattr(measure, "count_flops", counting)
+    measure.clear_cost_caches()
+    yield calls
+    measure.clear_cost_caches()
+
+
+def test_model_flops_traces_each_config_once(traces):
+    cfg = model_config("proxy_gsa_content", num_classes=7)
+    first = model_flops(cfg, (1, 3, 32, 32))
+    assert traces == [(1, 3, 32, 32)]
+    assert first.per_image == count_flops(build_model(cfg), (1, 3, 32, 32)).per_image
+    again = model_flops(model_config("proxy_gsa_content", num_classes=7), (1, 3, 32, 32))  # equal, not the same
+    from_dict = model_flops(cfg.to_dict(), np.array([1, 3, 32, 32]))  # a dict and numpy sizes: same key
+    assert again is first and from_dict is first and len(traces) == 1
+    other = model_flops(model_config("proxy_gsa_content", num_classes=9), (1, 3, 32, 32))
+    assert len(traces) == 2 and other.per_image != first.per_image  # a bigger head
+    bigger = model_flops(cfg, (1, 3, 16, 16))  # the input size is part of the key
+    assert len(traces) == 3 and bigger.per_image < first.per_image
+
+
+def test_model_flops_leaves_the_global_rng_alone(traces):
+    state = torch.get_rng_state()
+    model_flops(model_config("proxy_resnet", num_classes=5), (1, 3, 32, 32))
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_model_flops_cache_is_bounded(traces, monkeypatch):
+    monkeypatch.setattr(measure, "_FLOPS_CACHE", measure._LRU(2))
+    for classes in (3, 4, 5, 3):  # 3 was evicted by 5
+        model_flops(model_config("proxy_resnet", num_classes=classes), (1, 3, 16, 16))
+    assert len(traces) == 4 and len(measure._FLOPS_CACHE) == 2
+
+
+def test_model_params_is_cached_and_matches_the_built_model(traces, monkeypatch):
+    cfg = model_config("proxy_mhsa_resnet", num_classes=6)
+    expected = count_params(build_model(cfg))
+    built = []
+    real_build = measure._build
+    monkeypatch.setattr(measure, "_build", lambda c: built.append(c) or real_build(c))
+    assert model_params(cfg) == expected and len(built) == 1
+    assert model_params(model_config("proxy_mhsa_resnet", num_classes=6)) == expected and len(built) == 1
+    model_flops(cfg, (1, 3, 32, 32))  # builds once more (to trace); its params were already known
+    assert len(built) == 2
+    other = model_config("proxy_mhsa_resnet", num_classes=8)
+    model_flops(other, (1, 3, 32, 32))
+    assert model_params(other) == count_params(build_model(other)) and len(built) == 3  # filled by model_flops
+
+
+def test_model_flops_rejects_what_is_not_a_model_config():
+    with pytest.raises(ValueError, match="a model config must be"):
+        model_flops(object(), (1, 3, 32, 32))
+    with pytest.raises(ValueError, match="input_shape"):
+        model_flops(model_config("proxy_resnet"), (1, 3, 0, 32))

@@ -1,24 +1,34 @@
-"""Backbone and preset tests, parametrised over the proxy presets plus one full-size preset."""
+"""Backbone and preset tests, parametrised over the backbone registry, the proxy presets and one
+full-size preset."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from gsa_search.blocks import ConvConfig, GSAConfig
 from gsa_search.models import (
     DEPTHS,
+    BackboneConfig,
+    GSAResNet,
     ModelConfig,
+    backbone_config_class,
     build_model,
     create_model,
+    list_backbones,
     list_models,
     model_config,
+    model_config_from_dict,
+    register_backbone,
     stage_feature_sizes,
 )
 
 PROXIES = list_models("proxy_*")
+BACKBONES = list_backbones()
 
 
 def test_required_presets_exist():
@@ -162,3 +172,114 @@ def test_input_larger_than_the_model_was_built_for_is_rejected():
 def test_invalid_model_configs(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+# --- the backbone registry ---------------------------------------------------------------------------
+
+
+def test_resnet_is_a_registered_backbone_and_the_default_of_stored_dicts():
+    assert "resnet" in BACKBONES and ModelConfig.backbone_type == "resnet"
+    assert backbone_config_class("resnet") is ModelConfig
+    cfg = model_config("proxy_gsa_late")
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert data["backbone"] == "resnet"
+    assert model_config_from_dict(data) == BackboneConfig.from_dict(data) == ModelConfig.from_dict(data) == cfg
+    legacy = {k: v for k, v in data.items() if k != "backbone"}  # stored before backbones had names
+    assert model_config_from_dict(legacy) == ModelConfig.from_dict(legacy) == cfg
+    assert isinstance(build_model(legacy), GSAResNet) and isinstance(create_model("proxy_resnet"), GSAResNet)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_backbone_fits_to_data_builds_and_round_trips(name):
+    cfg = backbone_config_class(name)().fit_to_data(num_classes=3, in_channels=2, image_size=16)
+    assert isinstance(cfg, BackboneConfig) and cfg.backbone_type == name
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert data["backbone"] == name and model_config_from_dict(data) == cfg
+    model = build_model(data)
+    assert model.cfg == cfg
+    with torch.no_grad():
+        out = model.eval()(torch.randn(2, 2, 16, 16))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+def test_fit_to_data_sets_the_data_fields_only():
+    cfg = model_config("proxy_gsa_resnet", width_multiplier=0.5)
+    fitted = cfg.fit_to_data(num_classes=7, in_channels=1, image_size=16)
+    assert fitted == cfg.replace(num_classes=7, in_channels=1, image_size=16)
+
+    @dataclasses.dataclass(frozen=True)
+    class NoDataFields(BackboneConfig):
+        depth: int = 2
+
+    with pytest.raises(NotImplementedError, match=r"NoDataFields has no field\(s\) image_size, in_channels, num_classes"):
+        NoDataFields().fit_to_data(num_classes=2, in_channels=1, image_size=8)
+
+
+def test_backbone_registry_errors():
+    @dataclasses.dataclass(frozen=True)
+    class OtherConfig(BackboneConfig):
+        num_classes: int = 10
+
+    with pytest.raises(ValueError, match=r"unknown backbone 'vit'; known: .*resnet"):
+        model_config_from_dict({"backbone": "vit"})
+    with pytest.raises(ValueError, match=r"backbone 'resnet' is already registered"):
+        register_backbone("resnet", config=OtherConfig)(torch.nn.Identity)
+    assert OtherConfig.backbone_type == ""  # a failed registration leaves the config unnamed
+    with pytest.raises(ValueError, match=r"ModelConfig is already the config of backbone 'resnet'"):
+        register_backbone("resnet_again", config=ModelConfig)
+    with pytest.raises(ValueError, match=r"config must be a BackboneConfig dataclass"):
+        register_backbone("plain", config=dict)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"describes backbone 'other', not 'resnet'"):
+        ModelConfig.from_dict({**model_config("proxy_resnet").to_dict(), "backbone": "other"})
+    with pytest.raises(ValueError, match=r"build_model: cfg must be a backbone config .*got str"):
+        build_model("proxy_resnet")  # type: ignore[arg-type]
+    assert "resnet_again" not in list_backbones() and "plain" not in list_backbones()
+
+
+def test_model_config_accepts_numpy_scalars_and_stores_plain_numbers():
+    """A results table hands configs back with numpy scalars; the config stores plain numbers."""
+    cfg = ModelConfig(stage_blocks=(np.int64(1), np.int64(2)), mixers="conv", stem="cifar", base_width=np.int64(8),
+                      width_multiplier=np.float64(0.5), num_classes=np.int64(3), image_size=np.int64(16))
+    plain = ModelConfig(stage_blocks=(1, 2), mixers="conv", stem="cifar", base_width=8, width_multiplier=0.5,
+                        num_classes=3, image_size=16)
+    assert cfg == plain and json.loads(json.dumps(cfg.to_dict())) == plain.to_dict()
+    assert [type(v) for v in cfg.stage_blocks] == [int, int] and type(cfg.base_width) is int
+
+
+# --- feature_size is derived, never stored -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: create_model("proxy_gsa_resnet", feature_size=64),
+        lambda: model_config("proxy_gsa_resnet", feature_size=64),
+        lambda: model_config("proxy_gsa_late", feature_size=8),
+        lambda: create_model("proxy_resnet", feature_size=32),
+    ],
+    ids=["create_model", "model_config", "hybrid", "no-gsa-stage"],
+)
+def test_feature_size_override_is_rejected(build):
+    """The backbone sets each stage's feature_size from image_size, so an override would be stored
+    in the config and silently ignored by the model."""
+    with pytest.raises(ValueError, match=r"feature_size=\d+ cannot be overridden: the backbone sets each stage's "
+                                         r"feature_size from image_size; set image_size instead"):
+        build()
+
+
+def test_model_config_rejects_a_mixer_feature_size_it_would_ignore():
+    fields = dict(stage_blocks=(1, 1), stem="cifar", base_width=8, num_classes=4, image_size=16)
+    match = r"model\.mixers\[1\]\.feature_size=64 would be ignored: .*set image_size instead"
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(mixers=(ConvConfig(), GSAConfig(heads=2, feature_size=64)), **fields)
+    cfg = ModelConfig(mixers=(ConvConfig(), GSAConfig(heads=2)), **fields)
+    with pytest.raises(ValueError, match=match):
+        cfg.replace(mixers=(ConvConfig(), GSAConfig(heads=2, feature_size=64)))
+    data = cfg.to_dict()
+    data["mixers"][1]["feature_size"] = 64
+    with pytest.raises(ValueError, match=match):
+        model_config_from_dict(data)
+    # what is built is derived from image_size, and the stored config says so (feature_size None)
+    model = create_model("proxy_gsa_resnet", image_size=64)
+    assert all(m.feature_size is None for m in model.cfg.mixers)
+    assert [stage[0].mixer.cfg.feature_size for stage in model.stages] == [64, 64, 32, 16]

@@ -3,14 +3,19 @@
 Everything runs on CPU with tiny models (two one-block stages, 8 channels) on tiny data (64 train /
 16 val synthetic 8x8 images, or a handful of PNGs), so the whole file takes a few seconds.
 Failures are provoked deterministically: non-finite losses and CUDA out-of-memory errors are
-injected with ``monkeypatch``; the trained model is captured by substituting a recording subclass
-of ``GSAResNet`` in the train module, so its predictions can be checked against the metrics.
+injected with ``monkeypatch``; the trained model is captured by wrapping the train module's
+``build_model``, so its predictions can be checked against the metrics. A tiny non-ResNet backbone
+registered here checks that ``train()`` trains any registered backbone. Tests that need CUDA are
+skipped without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +25,21 @@ import torch
 from torch.nn import functional as F
 
 import gsa_search.data as data_mod
+import gsa_search.device as device_mod
 import gsa_search.train as train_mod
 from gsa_search.blocks import block_config
 from gsa_search import metrics as M
 from gsa_search.data import DatasetBundle, load_dataset
-from gsa_search.models import GSAResNet, ModelConfig, model_config
+from gsa_search.device import resolve_device
+from gsa_search.measure import count_params
+from gsa_search.models import (
+    BackboneConfig,
+    GSAResNet,
+    ModelConfig,
+    model_config,
+    model_config_from_dict,
+    register_backbone,
+)
 from gsa_search.train import (
     DivergenceError,
     OutOfMemoryError,
@@ -32,12 +47,13 @@ from gsa_search.train import (
     Recipe,
     TrainError,
     _lr_factor,
+    build_optimizer,
     evaluate,
-    resolve_device,
     train,
 )
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 # --------------------------------------------------------------------------------------------------
 # Helpers and fixtures
@@ -74,13 +90,14 @@ def synth12() -> DatasetBundle:
 def built_models(monkeypatch: pytest.MonkeyPatch) -> list[GSAResNet]:
     """Every model ``train()`` builds, in order (the very object that is trained)."""
     models: list[GSAResNet] = []
+    real = train_mod.build_model
 
-    class Recording(GSAResNet):
-        def __init__(self, cfg: ModelConfig) -> None:
-            super().__init__(cfg)
-            models.append(self)
+    def recording(cfg: Any) -> torch.nn.Module:
+        model = real(cfg)
+        models.append(model)
+        return model
 
-    monkeypatch.setattr(train_mod, "GSAResNet", Recording)
+    monkeypatch.setattr(train_mod, "build_model", recording)
     return models
 
 
@@ -109,6 +126,31 @@ class Stop(Exception):
     """A hook's own exception (not Pruned, not a TrainError)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class TinyMLPConfig(BackboneConfig):
+    """A two-layer perceptron on flattened pixels: a backbone that is not a ResNet and fits itself to
+    the data its own way (``in_features`` instead of ``in_channels``/``image_size``)."""
+
+    hidden: int = 8
+    in_features: int = 3 * 32 * 32
+    num_classes: int = 10
+
+    def fit_to_data(self, *, num_classes: int, in_channels: int, image_size: int) -> "TinyMLPConfig":
+        return self.replace(num_classes=num_classes, in_features=in_channels * image_size * image_size)
+
+
+@register_backbone("test_tiny_mlp", config=TinyMLPConfig)
+class TinyMLP(torch.nn.Module):
+    def __init__(self, cfg: TinyMLPConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.hidden = torch.nn.Linear(cfg.in_features, cfg.hidden)
+        self.out = torch.nn.Linear(cfg.hidden, cfg.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.relu(self.hidden(x.flatten(1))))
+
+
 # --------------------------------------------------------------------------------------------------
 # 1. Recipe validation and round trip
 # --------------------------------------------------------------------------------------------------
@@ -126,8 +168,11 @@ INVALID = [
     ("momentum", 1.0, r"in \[0, 1\)"),
     ("momentum", -0.5, r"in \[0, 1\)"),
     ("weight_decay", -1e-4, r"in \[0, inf\)"),
-    ("warmup_epochs", -1, r"in \[0, 10\]"),
-    ("warmup_epochs", 11, r"in \[0, 10\]"),
+    ("warmup_epochs", -1, r"in \[0, 10\)"),
+    ("warmup_epochs", 11, r"in \[0, 10\)"),
+    ("warmup_epochs", 10, r"in \[0, 10\) \(shorter than epochs=10, or the learning rate rises for the whole run\)"),
+    ("num_workers", -1, r"None or an integer >= 0"),
+    ("num_workers", 1.5, r"None or an integer >= 0"),
     ("label_smoothing", 1.0, r"\[0, 1\)"),
     ("label_smoothing", -0.1, r"\[0, 1\)"),
     ("device", "tpu", r"'auto', 'cpu', 'cuda'"),
@@ -243,7 +288,7 @@ def test_train_applies_the_schedule_each_step(
     """The lr in force at optimiser step k is recipe.lr * _lr_factor(k); weight decay skips 1-d params."""
     seen: list[list[float]] = []
     optimizers = []
-    original = train_mod._optimizer
+    original = build_optimizer
 
     def recording_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
         opt = original(model, recipe)
@@ -251,7 +296,7 @@ def test_train_applies_the_schedule_each_step(
         optimizers.append(opt)
         return opt
 
-    monkeypatch.setattr(train_mod, "_optimizer", recording_optimizer)
+    monkeypatch.setattr(train_mod, "build_optimizer", recording_optimizer)
     recipe = tiny_recipe(epochs=3, schedule=schedule, optimizer=optimizer, warmup_epochs=1.0, lr=0.02,
                          weight_decay=1e-3)
     train(tiny_cfg(), recipe, synth)
@@ -284,7 +329,7 @@ def test_train_returns_metrics(synth: DatasetBundle, built_models: list[GSAResNe
     (model,) = built_models
     assert model.cfg == fitted
     expected_params = sum(p.numel() for p in GSAResNet(fitted).parameters())
-    assert result[M.PARAMS] == expected_params == sum(p.numel() for p in model.parameters())
+    assert result[M.PARAMS] == expected_params == sum(p.numel() for p in model.parameters()) == count_params(model)
 
     for name in (M.ACCURACY, M.VAL_LOSS, M.TRAIN_LOSS, M.PARAMS, M.FLOPS, M.IMAGES_PER_S, M.TRAIN_TIME_S):
         assert name in result, name
@@ -468,7 +513,7 @@ def test_same_seed_same_metrics(synth: DatasetBundle, built_models: list[GSAResN
 
 
 def _load(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and containers only
 
 
 @pytest.mark.parametrize(
@@ -565,19 +610,22 @@ def test_checkpoint_dir_is_created(tmp_path: Path, synth: DatasetBundle) -> None
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_augmentation_changes_training(monkeypatch: pytest.MonkeyPatch, synth: DatasetBundle, flip: bool) -> None:
-    bundle = dataclasses.replace(synth, flip=flip)
-    calls: list[tuple[bool, tuple[int, ...]]] = []
+    bundle = dataclasses.replace(synth, flip=flip, mean=(0.5,), std=(0.25,))  # as if normalised from [0, 1] pixels
+    assert bundle.black == (-2.0,)
+    calls: list[tuple[bool, Any, tuple[int, ...]]] = []
     real = data_mod.augment
 
     def spy(x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        calls.append((kwargs.get("flip", True), tuple(x.shape)))
+        calls.append((kwargs.get("flip", True), kwargs.get("fill", 0.0), tuple(x.shape)))
         return real(x, **kwargs)
 
     monkeypatch.setattr(data_mod, "augment", spy)
     plain = train(tiny_cfg(), tiny_recipe(augment=False), bundle)
     assert calls == []
     augmented = train(tiny_cfg(), tiny_recipe(augment=True), bundle)
-    assert calls == [(flip, (16, 1, 8, 8))] * (2 * 64 // 16)  # every training batch, with the data's flip
+    # every training batch, with the data's flip, the padding filled with the data's black (not 0: the
+    # images are normalised, so 0 is the mean colour)
+    assert calls == [(flip, bundle.black, (16, 1, 8, 8))] * (2 * 64 // 16)
     assert augmented[M.TRAIN_LOSS] != plain[M.TRAIN_LOSS]
 
 
@@ -778,3 +826,326 @@ def test_resolve_device_without_cuda(synth: DatasetBundle) -> None:
     with pytest.raises(ValueError, match=r"CUDA"):
         train(tiny_cfg(), tiny_recipe(device="cuda"), synth)
     assert train(tiny_cfg(), tiny_recipe(device="auto", epochs=1), synth)["device"] == "cpu"
+
+
+def test_train_uses_the_device_modules_resolver() -> None:
+    assert train_mod.resolve_device is device_mod.resolve_device  # one resolver, not a copy...
+    assert "resolve_device" not in train_mod.__all__  # ...and not re-exported from here
+    assert "build_optimizer" in train_mod.__all__
+
+
+# --------------------------------------------------------------------------------------------------
+# 13. Any registered backbone
+# --------------------------------------------------------------------------------------------------
+
+
+def test_train_trains_any_registered_backbone(
+    tmp_path: Path, synth: DatasetBundle, built_models: list[torch.nn.Module]
+) -> None:
+    """A backbone registered outside the library trains, checkpoints and resumes without any change
+    to train.py: it is built and fitted through the registry interface only."""
+    assert not hasattr(train_mod, "GSAResNet") and not hasattr(train_mod, "ModelConfig")
+    cfg, recipe = TinyMLPConfig(hidden=8), tiny_recipe(epochs=3)
+    result = train(cfg, recipe, synth)
+
+    fitted = TinyMLPConfig(hidden=8, in_features=1 * 8 * 8, num_classes=3)  # its own fit_to_data
+    assert result["model_config"] == fitted.to_dict() == {"backbone": "test_tiny_mlp", "hidden": 8,
+                                                         "in_features": 64, "num_classes": 3}
+    assert model_config_from_dict(result["model_config"]) == fitted
+    (model,) = built_models
+    assert isinstance(model, TinyMLP) and model.cfg == fitted
+    assert result[M.PARAMS] == 64 * 8 + 8 + 8 * 3 + 3
+    assert result[M.FLOPS] == 64 * 8 + 8 * 3  # multiply-accumulates of the two linear layers
+    assert len(result["history"]) == 3 and math.isfinite(result[M.TRAIN_LOSS])
+    logits = val_logits(model, synth)
+    assert result[M.ACCURACY] == pytest.approx((logits.argmax(1) == synth.val_y).float().mean().item())
+    assert result[M.VAL_LOSS] == pytest.approx(F.cross_entropy(logits, synth.val_y).item(), rel=1e-5)
+
+    from_dict = train(cfg.to_dict(), recipe, synth)
+    assert without_time(from_dict["history"]) == without_time(result["history"])
+    with pytest.raises(Stop):
+        train(cfg, recipe, synth, checkpoint_dir=tmp_path, report=_stop_at(1))
+    resumed = train(cfg, recipe, synth, checkpoint_dir=tmp_path)
+    assert without_time(resumed["history"]) == without_time(result["history"])
+    with pytest.raises(ValueError, match="different"):  # a ResNet checkpoint directory is not reused
+        train(tiny_cfg(), recipe, synth, checkpoint_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# 14. Arguments as dicts, names or objects; wrong types
+# --------------------------------------------------------------------------------------------------
+
+SYNTH_OPTIONS = {"name": "synthetic", "num_samples": 80, "num_classes": 3, "image_size": 8, "in_channels": 1}
+
+
+def test_train_accepts_recipe_and_data_dicts(synth: DatasetBundle) -> None:
+    recipe = tiny_recipe(epochs=2)
+    plain = train(tiny_cfg(), recipe, synth)
+    from_dicts = train(tiny_cfg().to_dict(), recipe.to_dict(), dict(SYNTH_OPTIONS))
+    assert from_dicts["model_config"] == plain["model_config"]
+    assert without_time(from_dicts["history"]) == without_time(plain["history"])
+
+    # the data dict's seed defaults to the recipe's, as for a dataset name; an explicit one wins
+    seeded = recipe.replace(seed=1)
+    options = {k: v for k, v in SYNTH_OPTIONS.items() if k != "name"}
+    by_dict = train(tiny_cfg(), seeded, dict(SYNTH_OPTIONS))
+    by_bundle = train(tiny_cfg(), seeded, load_dataset("synthetic", seed=1, **options))
+    assert without_time(by_dict["history"]) == without_time(by_bundle["history"])
+    explicit = train(tiny_cfg(), seeded, {**SYNTH_OPTIONS, "seed": 0})
+    assert without_time(explicit["history"]) == without_time(train(tiny_cfg(), seeded, synth)["history"])
+
+
+WRONG_ARGUMENTS = [
+    ({"model_cfg": "proxy_resnet"}, r"train: model_cfg must be a backbone config \(e\.g\. ModelConfig\) or its dict, "
+                                    r"got str \(a preset name\? pass model_config\(name\)\)"),
+    ({"model_cfg": 3}, r"train: model_cfg must be .* got int"),
+    ({"model_cfg": {"backbone": "vit"}}, r"unknown backbone 'vit'; known: .*resnet"),
+    ({"recipe": "fast"}, r"train: recipe must be a Recipe, its dict or None, got str"),
+    ({"recipe": 3}, r"train: recipe must be a Recipe, its dict or None, got int"),
+    ({"recipe": {"learning_rate": 0.1}}, r"Recipe: unknown field\(s\) learning_rate"),
+    ({"recipe": {"epochs": 0}}, r"recipe\.epochs must be a positive integer"),
+    ({"data": 3.5}, r"train: data must be a dataset name, a dict \{'name': \.\.\., \*\*load_dataset options\} "
+                    r"or a DatasetBundle, got float"),
+    ({"data": ["synthetic"]}, r"train: data must be .* got list"),
+    ({"data": {"num_samples": 10}}, r"train: a data dict needs a 'name' key .*num_samples"),
+    ({"data": {"name": "synthetic", "colour": True}}, r"synthetic: unknown option\(s\) colour"),
+]
+
+
+@pytest.mark.parametrize("arguments,match", WRONG_ARGUMENTS, ids=[str(a) for a, _ in WRONG_ARGUMENTS])
+def test_train_rejects_wrong_arguments_clearly(synth: DatasetBundle, arguments: dict[str, Any], match: str) -> None:
+    call = {"model_cfg": tiny_cfg(), "recipe": tiny_recipe(epochs=1), "data": synth, **arguments}
+    with pytest.raises(ValueError, match=match):
+        train(call["model_cfg"], call["recipe"], call["data"])
+
+
+# --------------------------------------------------------------------------------------------------
+# 15. Recipe: warm-up shorter than the run, numpy scalars; the caller's RNG is left alone
+# --------------------------------------------------------------------------------------------------
+
+
+def test_warmup_must_end_before_the_run_does() -> None:
+    for epochs, warmup in ((3, 3), (1, 1.0), (2, 2.5)):
+        with pytest.raises(ValueError, match=rf"recipe\.warmup_epochs must be None or a number in \[0, {epochs}\) "
+                                             rf"\(shorter than epochs={epochs}, or the learning rate rises"):
+            Recipe(epochs=epochs, warmup_epochs=warmup)
+    assert Recipe(epochs=3, warmup_epochs=2.5).effective_warmup_epochs == 2.5
+    # the default: one epoch, or a tenth of a shorter run (so Recipe(epochs=1) still decays)
+    assert Recipe().warmup_epochs is None
+    assert [Recipe(epochs=e).effective_warmup_epochs for e in (1, 5, 10, 12)] == [0.1, 0.5, 1.0, 1.0]
+    short = Recipe(epochs=1)
+    factors = [_lr_factor(short, s, 10, 10) for s in range(10)]
+    assert factors[0] == 1.0 and factors[-1] < 0.05  # the peak comes early and the rate decays after it
+    with pytest.raises(ValueError, match=r"recipe\.warmup_epochs"):
+        Recipe(epochs=1).replace(warmup_epochs=1)
+
+
+def test_recipe_accepts_numpy_scalars_and_stores_plain_numbers() -> None:
+    recipe = Recipe(epochs=np.int64(3), batch_size=np.int32(16), lr=np.float32(0.5), momentum=np.float64(0.8),
+                    weight_decay=np.float64(0.0), warmup_epochs=np.float64(0.5), label_smoothing=np.float64(0.25),
+                    seed=np.int64(2), eval_batch_size=np.int64(64), num_workers=np.int64(1), augment=np.bool_(False))
+    plain = Recipe(epochs=3, batch_size=16, lr=0.5, momentum=0.8, weight_decay=0.0, warmup_epochs=0.5,
+                   label_smoothing=0.25, seed=2, eval_batch_size=64, num_workers=1, augment=False)
+    assert recipe == plain
+    for field in dataclasses.fields(Recipe):
+        assert type(getattr(recipe, field.name)) is type(getattr(plain, field.name)), field.name
+    assert json.loads(json.dumps(recipe.to_dict())) == plain.to_dict()
+
+
+def test_train_leaves_the_callers_rng_stream_alone(tmp_path: Path, synth: DatasetBundle,
+                                                    streamed: DatasetBundle) -> None:
+    """train() seeds its own run, but the caller's global RNG continues as if train() never ran:
+    after a normal run, a streamed run, an interrupted run, a resumed run and a diverged run."""
+    runs = [
+        lambda: train(tiny_cfg(), tiny_recipe(epochs=2), synth),
+        lambda: train(tiny_cfg(), tiny_recipe(epochs=2, batch_size=4, num_workers=0), streamed),
+        lambda: train(tiny_cfg(), tiny_recipe(epochs=2), synth, checkpoint_dir=tmp_path, report=_stop_at(0)),
+        lambda: train(tiny_cfg(), tiny_recipe(epochs=2), synth, checkpoint_dir=tmp_path),  # sets the RNG state
+        lambda: train(tiny_cfg(), tiny_recipe(epochs=2, lr=1e10), synth),
+    ]
+    for i, run in enumerate(runs):
+        torch.manual_seed(1000 + i)
+        torch.rand(3)
+        state = torch.get_rng_state()
+        expected = torch.rand(8)
+        torch.set_rng_state(state)
+        with contextlib.suppress(Stop, DivergenceError):
+            run()
+        assert torch.equal(torch.rand(8), expected), i
+
+
+# --------------------------------------------------------------------------------------------------
+# 16. Checkpoints: plain data, loaded to the CPU; resume on CUDA
+# --------------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_is_plain_data_loaded_to_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, synth: DatasetBundle
+) -> None:
+    """The checkpoint loads with ``weights_only=True`` (no pickled objects), its RNG states are CPU
+    byte tensors, and train() loads it to the CPU: ``torch.set_rng_state`` takes only a CPU tensor,
+    so ``map_location=<cuda device>`` made every resume on a GPU fail."""
+    recipe = tiny_recipe(epochs=2)
+    with pytest.raises(Stop):
+        train(tiny_cfg(), recipe, synth, checkpoint_dir=tmp_path, report=_stop_at(0))
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert set(state) == {"model_config", "recipe", "epoch", "model", "optimizer", "scheduler", "feed",
+                          "torch_rng", "cuda_rng", "train_time_s", "history"}
+    for key in ("torch_rng", "feed"):
+        assert state[key].dtype == torch.uint8 and state[key].device.type == "cpu", key
+    assert state["cuda_rng"] is None  # a CPU run has no CUDA stream to save
+    assert model_config_from_dict(state["model_config"]) == tiny_cfg().fit_to_data(num_classes=3, in_channels=1,
+                                                                                   image_size=8)
+    assert Recipe.from_dict(state["recipe"]) == recipe
+
+    loads: list[dict[str, Any]] = []
+    real_load = torch.load
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        loads.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    train(tiny_cfg(), recipe, synth, checkpoint_dir=tmp_path)
+    assert [(k.get("map_location"), k.get("weights_only")) for k in loads] == [("cpu", True)]
+
+
+def test_checkpoint_written_before_backbones_had_names_still_resumes(tmp_path: Path, synth: DatasetBundle) -> None:
+    recipe = tiny_recipe(epochs=2)
+    full = train(tiny_cfg(), recipe, synth)
+    with pytest.raises(Stop):
+        train(tiny_cfg(), recipe, synth, checkpoint_dir=tmp_path, report=_stop_at(0))
+    path = tmp_path / "last.pt"
+    state = _load(path)
+    del state["model_config"]["backbone"]  # as the old trainer wrote it
+    torch.save(state, path)
+    resumed = train(tiny_cfg(), recipe, synth, checkpoint_dir=tmp_path)
+    assert without_time(resumed["history"]) == without_time(full["history"])
+
+
+@needs_cuda
+@pytest.mark.parametrize("dataset", ["synth", "streamed"])
+def test_resume_on_cuda_matches_uninterrupted_run(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, tmp_path: Path, dataset: str
+) -> None:
+    """On CUDA an interrupted run resumes (the old trainer failed here) and ends with the metrics of an
+    uninterrupted one. The streamed path augments with the CUDA device's global RNG, so this also
+    checks that its state is saved and restored. The caller's CPU and CUDA RNG streams are untouched."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    bundle = request.getfixturevalue(dataset)
+    batch_size = 16 if dataset == "synth" else 4
+    cfg, recipe = tiny_cfg(), tiny_recipe(epochs=3, batch_size=batch_size, device="cuda", precision="fp32")
+
+    torch.manual_seed(7)
+    cpu_expected, cuda_expected = torch.rand(4), torch.rand(4, device="cuda")
+    torch.manual_seed(7)
+    full = train(cfg, recipe, bundle)
+    assert torch.equal(torch.rand(4), cpu_expected) and torch.equal(torch.rand(4, device="cuda"), cuda_expected)
+    assert full["device"].startswith("cuda")
+
+    with pytest.raises(Stop):
+        train(cfg, recipe, bundle, checkpoint_dir=tmp_path, report=_stop_at(1))
+    state = _load(tmp_path / "last.pt")
+    assert state["epoch"] == 1
+    assert state["cuda_rng"].dtype == torch.uint8 and state["cuda_rng"].device.type == "cpu"
+    resumed = train(cfg, recipe, bundle, checkpoint_dir=tmp_path)
+    for name in (M.ACCURACY, M.VAL_LOSS, M.TRAIN_LOSS, M.PARAMS, "model_config"):
+        assert resumed[name] == full[name], name
+    assert without_time(resumed["history"]) == without_time(full["history"])
+
+
+# --------------------------------------------------------------------------------------------------
+# 17. DataLoader workers for streamed data
+# --------------------------------------------------------------------------------------------------
+
+
+def test_num_workers_default_is_a_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cores, workers in ((None, 0), (1, 0), (2, 1), (6, 3), (16, 4)):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert Recipe().effective_num_workers == workers, cores
+        assert Recipe(num_workers=2).effective_num_workers == 2
+    assert Recipe(num_workers=0).to_dict()["num_workers"] == 0 and Recipe().to_dict()["num_workers"] is None
+
+
+def test_streamed_loaders_get_the_recipes_workers(
+    monkeypatch: pytest.MonkeyPatch, synth: DatasetBundle, streamed: DatasetBundle
+) -> None:
+    seen: list[tuple[str, int]] = []
+    for name in ("train_loader", "val_loader"):
+        real = getattr(DatasetBundle, name)
+
+        def spy(self: DatasetBundle, batch_size: int, *, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            seen.append((_name, kwargs["num_workers"]))
+            return _real(self, batch_size, **{**kwargs, "num_workers": 0})  # no processes needed to check this
+
+        monkeypatch.setattr(DatasetBundle, name, spy)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    train(tiny_cfg(), tiny_recipe(epochs=1, batch_size=4), streamed)
+    assert seen == [("train_loader", 3), ("val_loader", 3)]  # None: half the cores
+    seen.clear()
+    train(tiny_cfg(), tiny_recipe(epochs=1, batch_size=4, num_workers=2), streamed)
+    assert seen == [("train_loader", 2), ("val_loader", 2)]
+    seen.clear()
+    train(tiny_cfg(), tiny_recipe(epochs=1, num_workers=2), synth)
+    assert seen == []  # resident data never goes through a DataLoader
+
+
+def test_worker_processes_do_not_change_the_run(streamed: DatasetBundle) -> None:
+    recipe = tiny_recipe(epochs=2, batch_size=4)
+    in_process = train(tiny_cfg(), recipe.replace(num_workers=0), streamed)
+    with_worker = train(tiny_cfg(), recipe.replace(num_workers=1), streamed)
+    assert without_time(with_worker["history"]) == without_time(in_process["history"])
+
+
+# --------------------------------------------------------------------------------------------------
+# 18. The test split: the final model, once, outside the history
+# --------------------------------------------------------------------------------------------------
+
+
+def test_final_model_is_evaluated_on_the_test_split(
+    tmp_path: Path, synth: DatasetBundle, built_models: list[GSAResNet]
+) -> None:
+    other = load_dataset("synthetic", num_samples=40, num_classes=3, image_size=8, in_channels=1, seed=5)
+    bundle = dataclasses.replace(synth, test_x=other.train_x, test_y=other.train_y)
+    assert bundle.has_test and not synth.has_test
+    reported: list[dict[str, float]] = []
+    recipe = tiny_recipe(epochs=2, eval_batch_size=10)  # several test batches
+    result = train(tiny_cfg(), recipe, bundle, report=lambda e, m: reported.append(m))
+
+    logits = val_logits(built_models[0], synth)  # val_logits puts the model in eval mode
+    with torch.no_grad():
+        test_logits = built_models[0](other.train_x)
+    assert result[M.TEST_ACCURACY] == pytest.approx((test_logits.argmax(1) == other.train_y).float().mean().item())
+    assert result[M.TEST_LOSS] == pytest.approx(F.cross_entropy(test_logits, other.train_y).item(), rel=1e-5)
+    assert result[M.ACCURACY] == pytest.approx((logits.argmax(1) == synth.val_y).float().mean().item())
+    for entry in result["history"] + reported:  # never in what search and pruning read
+        assert M.TEST_ACCURACY not in entry and M.TEST_LOSS not in entry
+
+    without_test = train(tiny_cfg(), recipe, synth)
+    assert M.TEST_ACCURACY not in without_test and M.TEST_LOSS not in without_test
+    assert without_time(without_test["history"]) == without_time(result["history"])  # it changes nothing else
+
+    first = train(tiny_cfg(), recipe, bundle, checkpoint_dir=tmp_path)
+    again = train(tiny_cfg(), recipe, bundle, checkpoint_dir=tmp_path)  # finished: the loaded model is tested
+    assert again[M.TEST_ACCURACY] == first[M.TEST_ACCURACY] == result[M.TEST_ACCURACY]
+    assert again[M.TEST_LOSS] == first[M.TEST_LOSS] == result[M.TEST_LOSS]
+
+
+def test_streamed_test_split_goes_through_its_loader(
+    monkeypatch: pytest.MonkeyPatch, streamed: DatasetBundle
+) -> None:
+    loaders: list[int] = []
+    real_loader = DatasetBundle.test_loader
+
+    def test_loader(self: DatasetBundle, batch_size: int, **kwargs: Any) -> Any:
+        loaders.append(kwargs["num_workers"])
+        return real_loader(self, batch_size, **kwargs)
+
+    monkeypatch.setattr(DatasetBundle, "test_loader", test_loader)
+    bundle = dataclasses.replace(streamed, test_dataset=streamed.val_dataset)  # the val images as a test split
+    assert bundle.has_test and bundle.num_test == streamed.num_val
+    result = train(tiny_cfg(), tiny_recipe(epochs=2, batch_size=4, num_workers=0), bundle)
+    assert loaders == [0]  # once, after the last epoch, with the recipe's workers
+    assert result[M.TEST_ACCURACY] == result[M.ACCURACY]  # same images, same final model
+    assert result[M.TEST_LOSS] == pytest.approx(result[M.VAL_LOSS], rel=1e-6)

@@ -3,6 +3,7 @@
 from .base import (
     BlockConfig,
     SpatialMixer,
+    as_block_config,
     block_config,
     block_config_from_dict,
     create_block,
@@ -35,6 +36,7 @@ __all__ = [
     "MHSAConfig",
     "Positional2DAttention",
     "SpatialMixer",
+    "as_block_config",
     "block_config",
     "block_config_from_dict",
     "create_block",

@@ -6,16 +6,23 @@ Status: stable. Each block type registers a frozen config dataclass and an ``nn.
     class ConvBlock(SpatialMixer): ...
 
 ``create_block(cfg, in_channels, out_channels, stride=...)`` builds one. Every mixer maps
-``(B, in_channels, H, W) -> (B, out_channels, ceil(H/stride), ceil(W/stride))``. Convolutions
+``(B, in_channels, H, W) -> (B, out_channels, ceil(H/stride), ceil(W/stride))`` and checks that
+contract first thing in its ``forward`` (:meth:`SpatialMixer._check_input`). Convolutions
 downsample with their own stride; attention mixers mix at full resolution and then downsample with
 a 2x2 average pool (the GSA paper's choice).
+
+Each config also carries its block's analytic cost, :meth:`BlockConfig.flops` (multiply-accumulates,
+the convention of :mod:`gsa_search.measure`), so a new block type is one module: config (fields,
+validation, FLOPs formula) + mixer + ``@register_block``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from ..config import ConfigMixin, check_choice
@@ -29,8 +36,10 @@ __all__ = [
     "list_blocks",
     "block_config",
     "block_config_from_dict",
+    "as_block_config",
     "downsample_pool",
     "head_dims",
+    "conv_macs",
 ]
 
 
@@ -51,9 +60,26 @@ class BlockConfig(ConfigMixin):
         """
         return self
 
+    def flops(self, in_channels: int, out_channels: int, height: int, width: int, *, stride: int = 1) -> int:
+        """Multiply-accumulates of this block on one ``height`` x ``width`` image (batch of 1).
+
+        Same convention as :func:`gsa_search.measure.count_flops` (1 MAC = 1 FLOP; pooling, norms,
+        softmax and element-wise ops not counted); the tests check that both agree exactly for
+        every registered block. Every block config implements it.
+        """
+        name = self.block_type or type(self).__name__
+        raise NotImplementedError(
+            f"block {name!r} has no analytic FLOPs formula: implement {type(self).__name__}.flops("
+            f"in_channels, out_channels, height, width, *, stride=1) -> int in its module"
+        )
+
 
 class SpatialMixer(nn.Module):
-    """Base class of registered blocks: keeps the config and the channel/stride contract."""
+    """Base class of registered blocks: keeps the config and the channel/stride contract.
+
+    Every ``forward`` starts with ``self._check_input(x)``, so a wrong input fails with one clear
+    message instead of deep inside the block.
+    """
 
     def __init__(self, cfg: BlockConfig, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
@@ -61,6 +87,30 @@ class SpatialMixer(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.stride = stride
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Raise a ``ValueError`` unless ``x`` is ``(B, in_channels, H, W)`` with ``B, H, W >= 1``.
+
+        Plain shape arithmetic (no tensor ops, no sync; well under a microsecond): it runs the same
+        eagerly, on the meta device and under ``torch.compile``. Under ``torch.jit.trace`` (how
+        fvcore counts FLOPs) sizes are traced values, so only the number of dimensions is checked
+        there: comparing sizes would record ops in the graph and warn.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(
+                f"{self.cfg.block_type} block: expected a tensor of shape (B, in_channels={self.in_channels}, H, W), "
+                f"got {type(x).__name__}"
+            )
+        shape = x.shape
+        if torch.jit.is_tracing():
+            bad = x.dim() != 4
+        else:
+            bad = len(shape) != 4 or shape[1] != self.in_channels or shape[0] < 1 or shape[2] < 1 or shape[3] < 1
+        if bad:
+            raise ValueError(
+                f"{self.cfg.block_type} block: expected input of shape (B, in_channels={self.in_channels}, H, W) "
+                f"with B, H, W >= 1, got {tuple(shape)}"
+            )
 
 
 _BLOCKS: Registry[tuple[type[BlockConfig], type[SpatialMixer]]] = Registry("block")
@@ -103,7 +153,14 @@ def block_config_from_dict(data: dict[str, Any]) -> BlockConfig:
     return block_config(name, **fields)
 
 
-def _as_config(cfg: BlockConfig | str | dict[str, Any]) -> BlockConfig:
+def as_block_config(cfg: BlockConfig | str | dict[str, Any]) -> BlockConfig:
+    """A block config from a config (returned as is), a registered name (defaults) or a dict
+    (``BlockConfig.to_dict()`` form, with its ``'type'``).
+
+    Example:
+        >>> as_block_config({"type": "conv", "kernel_size": 5})
+        ConvConfig(kernel_size=5, groups=1)
+    """
     if isinstance(cfg, BlockConfig):
         return cfg
     if isinstance(cfg, str):
@@ -111,6 +168,10 @@ def _as_config(cfg: BlockConfig | str | dict[str, Any]) -> BlockConfig:
     if isinstance(cfg, dict):
         return block_config_from_dict(cfg)
     raise ValueError(f"block config must be a BlockConfig, a block name or a dict; got {type(cfg).__name__}")
+
+
+# Temporary alias for callers of the old private name (gsa_search.models.resnet); use as_block_config.
+_as_config = as_block_config
 
 
 def create_block(
@@ -128,7 +189,7 @@ def create_block(
         >>> import torch; block(torch.randn(2, 32, 16, 16)).shape
         torch.Size([2, 32, 16, 16])
     """
-    cfg = _as_config(cfg)
+    cfg = as_block_config(cfg)
     for field, value in (("in_channels", in_channels), ("out_channels", out_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"create_block: {field} must be a positive integer, got {value!r}")
@@ -172,3 +233,12 @@ def head_dims(
             f"out_channels={out_channels} unless output_proj=True"
         )
     return (dim_key if dim_key is not None else dim_value), dim_value
+
+
+def conv_macs(
+    in_channels: int, out_channels: int, height: int, width: int, *, kernel_size: int, stride: int = 1, groups: int = 1
+) -> int:
+    """MACs of a same-padded ``kernel_size`` x ``kernel_size`` convolution on one image: output
+    ``ceil(size / stride)`` per axis, ``out_channels * (in_channels / groups) * kernel_size^2`` per pixel."""
+    out_pixels = math.ceil(height / stride) * math.ceil(width / stride)
+    return out_pixels * out_channels * (in_channels // groups) * kernel_size * kernel_size

@@ -11,8 +11,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from ..config import check_positive_int
-from .base import BlockConfig, SpatialMixer, register_block
+from ..config import check_positive_int, normalize_numbers
+from .base import BlockConfig, SpatialMixer, conv_macs, register_block
 
 __all__ = ["ConvConfig", "ConvBlock"]
 
@@ -25,10 +25,17 @@ class ConvConfig(BlockConfig):
     groups: int = 1
 
     def __post_init__(self) -> None:
+        normalize_numbers(self)
         check_positive_int("conv", "kernel_size", self.kernel_size)
         if self.kernel_size % 2 == 0:
             raise ValueError(f"conv.kernel_size must be odd (1, 3, 5, ...), got {self.kernel_size}")
         check_positive_int("conv", "groups", self.groups)
+
+    def flops(self, in_channels: int, out_channels: int, height: int, width: int, *, stride: int = 1) -> int:
+        """``ConvBlock.forward``: one strided, same-padded convolution."""
+        return conv_macs(
+            in_channels, out_channels, height, width, kernel_size=self.kernel_size, stride=stride, groups=self.groups
+        )
 
 
 @register_block("conv", config=ConvConfig)
@@ -49,4 +56,5 @@ class ConvBlock(SpatialMixer):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         return self.conv(x)

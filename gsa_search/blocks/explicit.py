@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import check_choice, check_positive
-from .base import BlockConfig, SpatialMixer, downsample_pool, register_block
+from ..config import check_choice, check_positive, normalize_numbers
+from .base import BlockConfig, SpatialMixer, conv_macs, downsample_pool, register_block
 
 __all__ = ["ExplicitConfig", "ExplicitBlock", "GaussianAttention", "gaussian_kernel"]
 
@@ -38,8 +38,17 @@ class ExplicitConfig(BlockConfig):
     placement: str = "replace"
 
     def __post_init__(self) -> None:
+        normalize_numbers(self)
         check_positive("explicit", "init_radius", self.init_radius)
         check_choice("explicit", "placement", self.placement, ("replace", "beside"))
+
+    def flops(self, in_channels: int, out_channels: int, height: int, width: int, *, stride: int = 1) -> int:
+        """``ExplicitBlock.forward``: 1x1 value conv, ``K_H @ V @ K_W^T`` (full resolution), then the
+        (uncounted) pool; ``'beside'`` adds the strided 3x3 conv."""
+        macs = height * width * in_channels * out_channels + out_channels * height * width * (height + width)
+        if self.placement == "beside":
+            macs += conv_macs(in_channels, out_channels, height, width, kernel_size=3, stride=stride)
+        return macs
 
 
 def gaussian_kernel(length: int, sigma: torch.Tensor) -> torch.Tensor:
@@ -86,6 +95,7 @@ class ExplicitBlock(SpatialMixer):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         out = self.pool(self.attention(self.value(x)))
         if self.conv is not None:
             out = out + self.conv(x)

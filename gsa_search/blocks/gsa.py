@@ -40,7 +40,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from ..config import check_bool, check_choice, check_positive_int
+from ..config import check_bool, check_choice, check_positive_int, normalize_numbers
 from ._relative import relative_axis_attention
 from ._window import window_sum
 from .base import BlockConfig, SpatialMixer, downsample_pool, head_dims, register_block
@@ -96,6 +96,7 @@ class GSAConfig(BlockConfig):
     memory_efficient: bool = False
 
     def __post_init__(self) -> None:
+        normalize_numbers(self)  # numpy scalars (results tables) -> int/float/bool; 'global' stays
         check_positive_int("gsa", "heads", self.heads)
         check_positive_int("gsa", "dim_key", self.dim_key, allow_none=True)
         check_positive_int("gsa", "dim_value", self.dim_value, allow_none=True)
@@ -141,6 +142,39 @@ class GSAConfig(BlockConfig):
                 "set feature_size or give an explicit rel_span"
             )
         return self.feature_size - 1
+
+    def flops(self, in_channels: int, out_channels: int, height: int, width: int, *, stride: int = 1) -> int:
+        """``GSABlock.forward``: everything at full resolution, then the (uncounted) 2x2 pool."""
+        n = self.heads
+        d_k, d_v = head_dims(
+            "gsa",
+            heads=n,
+            dim_key=self.dim_key,
+            dim_value=self.dim_value,
+            out_channels=out_channels,
+            output_proj=self.output_proj,
+        )
+        length = height * width
+        macs = length * in_channels * (n * d_k * (2 if self.content else 1) + n * d_v)  # qkv projection
+        if self.content:  # ContentAttention: K V^T then G^T Q
+            macs += 2 * n * d_k * d_v * length
+        if self.positional == "axial":
+            # AxialPositionalAttention: relative_axis_attention along H (S = W sequences of length H),
+            # then along W; each costs N * L * axis * (d_k + d_v) whatever the span (dense L x L tables).
+            macs += n * length * (height + width) * (d_k + d_v)
+        elif self.positional == "2d":
+            # Positional2DAttention: window path, every query against its (2ry+1) x (2rx+1) offsets
+            # (logits matmul + window sum); row path, every query row (H + ry per image: the padding
+            # rows' queries are zero but computed) against the 2ry+1 whole rows of its window.
+            span = self.span() if self.feature_size is not None or not self.global_span else max(height, width) - 1
+            ry, rx = min(span, height - 1), min(span, width - 1)
+            if window_path(height, width, ry, rx):
+                macs += n * length * (2 * ry + 1) * (2 * rx + 1) * (d_k + d_v)
+            else:
+                macs += n * (height + ry) * width * (2 * ry + 1) * width * (d_k + d_v)
+        if self.output_proj:
+            macs += length * n * d_v * out_channels
+        return macs
 
 
 def relative_to_absolute(rel: torch.Tensor, length: int, span: int) -> torch.Tensor:
@@ -427,6 +461,7 @@ class GSABlock(SpatialMixer):
         self.pool = downsample_pool(stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         b, _, h, w = x.shape
         cfg: GSAConfig = self.cfg  # type: ignore[assignment]
         if self.positional is not None and cfg.global_span and max(h, w) > cfg.feature_size:  # type: ignore[operator]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import check_bool, check_positive_int
+from ..config import check_bool, check_positive_int, normalize_numbers
 from .base import BlockConfig, SpatialMixer, downsample_pool, head_dims, register_block
 
 __all__ = ["MHSAConfig", "MHSABlock"]
@@ -31,10 +31,29 @@ class MHSAConfig(BlockConfig):
     output_proj: bool = False
 
     def __post_init__(self) -> None:
+        normalize_numbers(self)
         check_positive_int("mhsa", "heads", self.heads)
         check_positive_int("mhsa", "dim_key", self.dim_key, allow_none=True)
         check_positive_int("mhsa", "dim_value", self.dim_value, allow_none=True)
         check_bool("mhsa", "output_proj", self.output_proj)
+
+    def flops(self, in_channels: int, out_channels: int, height: int, width: int, *, stride: int = 1) -> int:
+        """``MHSABlock.forward``: qkv 1x1 conv, SDPA over all ``L = H*W`` positions (logits and
+        weighting), optional projection, then the (uncounted) pool."""
+        n = self.heads
+        d_k, d_v = head_dims(
+            "mhsa",
+            heads=n,
+            dim_key=self.dim_key,
+            dim_value=self.dim_value,
+            out_channels=out_channels,
+            output_proj=self.output_proj,
+        )
+        length = height * width
+        macs = length * in_channels * n * (2 * d_k + d_v) + n * length * length * (d_k + d_v)
+        if self.output_proj:
+            macs += length * n * d_v * out_channels
+        return macs
 
 
 @register_block("mhsa", config=MHSAConfig)
@@ -58,6 +77,7 @@ class MHSABlock(SpatialMixer):
         self.pool = downsample_pool(stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         b, _, h, w = x.shape
         n = self.heads
         q, k, v = torch.split(self.qkv(x), self.split, dim=1)

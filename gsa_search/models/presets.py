@@ -14,19 +14,23 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from torch import nn
+
 from ..blocks.base import BlockConfig, block_config
 from ..registry import Registry
-from .resnet import GSAResNet, ModelConfig
+from .base import BackboneConfig, build_model
+from .resnet import ModelConfig
 
 __all__ = ["register_model", "create_model", "list_models", "model_config", "DEPTHS"]
 
 DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
 
-_MODELS: Registry[Callable[[], ModelConfig]] = Registry("model preset")
+_MODELS: Registry[Callable[[], BackboneConfig]] = Registry("model preset")
 
 
-def register_model(name: str) -> Callable[[Callable[[], ModelConfig]], Callable[[], ModelConfig]]:
-    """Register a zero-argument function returning the preset's :class:`ModelConfig`."""
+def register_model(name: str) -> Callable[[Callable[[], BackboneConfig]], Callable[[], BackboneConfig]]:
+    """Register a zero-argument function returning the preset's config (a :class:`ModelConfig` or
+    the config of any other registered backbone)."""
     return _MODELS.register(name)
 
 
@@ -35,22 +39,28 @@ def list_models(pattern: str | None = None) -> list[str]:
     return _MODELS.names(pattern)
 
 
-def model_config(name: str, **overrides: Any) -> ModelConfig:
+def model_config(name: str, **overrides: Any) -> BackboneConfig:
     """The preset's config with ``overrides`` applied.
 
-    An override naming a :class:`ModelConfig` field replaces it (``num_classes``, ``image_size``,
+    An override naming a field of the preset's config replaces it (``num_classes``, ``image_size``,
     ``mixers``, ``width_multiplier``...). Any other name is a mixer field and is applied to every
     stage whose mixer has that field (``heads=4`` changes the GSA stages of a hybrid model); a name
-    that neither the model nor any of its mixers knows is an error.
+    that neither the model nor any of its mixers knows is an error. ``feature_size`` is not an
+    override: the backbone derives each stage's map size from ``image_size`` (set that instead).
     """
     cfg = _MODELS.get(name)()
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    model_fields = {f.name for f in dataclasses.fields(cfg)}
+    if "feature_size" in overrides and "feature_size" not in model_fields:
+        raise ValueError(
+            f"{name}: feature_size={overrides['feature_size']!r} cannot be overridden: the backbone sets each "
+            f"stage's feature_size from image_size; set image_size instead"
+        )
     model_changes = {k: v for k, v in overrides.items() if k in model_fields}
     mixer_changes = {k: v for k, v in overrides.items() if k not in model_fields}
     if model_changes:
         cfg = cfg.replace(**model_changes)
     if mixer_changes:
-        mixers = list(cfg.mixers)
+        mixers = list(getattr(cfg, "mixers", ()))
         for key in mixer_changes:
             if not any(key in _field_names(m) for m in mixers):
                 known = sorted(model_fields.union(*(_field_names(m) for m in mixers)))
@@ -66,7 +76,7 @@ def _field_names(cfg: BlockConfig) -> set[str]:
     return {f.name for f in dataclasses.fields(cfg)}
 
 
-def create_model(name: str, **overrides: Any) -> GSAResNet:
+def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a preset, e.g. ``create_model('proxy_gsa_resnet', num_classes=10, heads=2)``.
 
     Example:
@@ -75,7 +85,7 @@ def create_model(name: str, **overrides: Any) -> GSAResNet:
         >>> model(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    return GSAResNet(model_config(name, **overrides))
+    return build_model(model_config(name, **overrides))
 
 
 # --- full-size presets (ImageNet stem, 224x224) ----------------------------------------------------

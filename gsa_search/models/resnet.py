@@ -5,7 +5,10 @@ Status: stable. A bottleneck is ``1x1 reduce -> BN/ReLU -> mixer -> BN/ReLU -> 1
 plus the shortcut (a strided 1x1 conv + BN when the shape changes). The stride of a downsampling block
 sits on the mixer (ResNet v1.5): a convolution uses its stride, attention mixers pool after mixing.
 Every mixer config is given the resolution it will see (``with_feature_size``), so a "global" span
-always covers its stage.
+always covers its stage; a mixer config that already names a ``feature_size`` is rejected (the
+backbone derives it from ``image_size`` per stage, so a stored value would never be used).
+
+Registered as backbone ``"resnet"`` (:mod:`gsa_search.models.base`); :class:`ModelConfig` is its config.
 """
 
 from __future__ import annotations
@@ -17,17 +20,18 @@ from typing import Any, Sequence, Union
 import torch
 from torch import nn
 
-from ..blocks.base import BlockConfig, _as_config, block_config_from_dict, create_block
-from ..config import ConfigMixin, check_bool, check_choice, check_positive, check_positive_int
+from ..blocks.base import BlockConfig, as_block_config, block_config_from_dict, create_block
+from ..config import as_int, check_bool, check_choice, check_positive, check_positive_int, normalize_numbers
+from .base import BackboneConfig, register_backbone
 
-__all__ = ["ModelConfig", "GSAResNet", "Bottleneck", "build_model", "stage_feature_sizes"]
+__all__ = ["ModelConfig", "GSAResNet", "Bottleneck", "stage_feature_sizes"]
 
 STEMS = ("cifar", "imagenet")
 MixerSpec = Union[BlockConfig, str, dict]
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig(ConfigMixin):
+class ModelConfig(BackboneConfig):
     """A bottleneck ResNet with one spatial-mixer config per stage.
 
     ``mixers`` may be given as one config (or block name) for every stage; it is stored as a tuple
@@ -53,12 +57,13 @@ class ModelConfig(ConfigMixin):
     zero_init_residual: bool = True
 
     def __post_init__(self) -> None:
+        normalize_numbers(self)
         blocks = self.stage_blocks
         if isinstance(blocks, int) or not isinstance(blocks, Sequence) or not blocks:
             raise ValueError(f"model.stage_blocks must be a non-empty sequence of positive ints, got {blocks!r}")
         for count in blocks:
             check_positive_int("model", "stage_blocks[]", count)
-        object.__setattr__(self, "stage_blocks", tuple(blocks))
+        object.__setattr__(self, "stage_blocks", tuple(as_int(count) for count in blocks))
         mixers = self.mixers
         if isinstance(mixers, (BlockConfig, str, dict)):
             mixers = (mixers,) * len(blocks)
@@ -66,7 +71,13 @@ class ModelConfig(ConfigMixin):
             raise ValueError(
                 f"model.mixers must be one block config or one per stage ({len(blocks)}), got {mixers!r}"
             )
-        object.__setattr__(self, "mixers", tuple(_as_config(m) for m in mixers))
+        object.__setattr__(self, "mixers", tuple(as_block_config(m) for m in mixers))
+        for i, mixer in enumerate(self.mixers):
+            if getattr(mixer, "feature_size", None) is not None:
+                raise ValueError(
+                    f"model.mixers[{i}].feature_size={mixer.feature_size!r} would be ignored: the backbone sets "
+                    f"each stage's feature_size from image_size; set image_size instead"
+                )
         check_choice("model", "stem", self.stem, STEMS)
         for field in ("base_width", "expansion", "image_size", "in_channels"):
             check_positive_int("model", field, getattr(self, field))
@@ -160,6 +171,7 @@ def _stem(cfg: ModelConfig) -> nn.Sequential:
     )
 
 
+@register_backbone("resnet", config=ModelConfig)
 class GSAResNet(nn.Module):
     """The backbone built from a :class:`ModelConfig` (``cfg`` is kept on the module)."""
 
@@ -195,9 +207,3 @@ class GSAResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
 
-
-def build_model(cfg: ModelConfig | dict[str, Any]) -> GSAResNet:
-    """Build the backbone for a config (or its dict form)."""
-    if isinstance(cfg, dict):
-        cfg = ModelConfig.from_dict(cfg)
-    return GSAResNet(cfg)

@@ -1,0 +1,426 @@
+"""The ``gsa-search`` command line: list, inspect, train, bench, search, demo.
+
+Status: stable. Built on argparse (standard library, no extra dependency): parent parsers give every
+subcommand the same option names (``--dataset``, ``--epochs``, ``--seed``, ``--json``, ...), which
+is what a CLI library would buy here. The CLI only parses, calls the library and the runners, and
+prints: results go to stdout (one JSON document with ``--json``), progress and logs to stderr.
+
+User errors (unknown names, bad values, missing data, malformed or unreachable storage) print one
+line ``gsa-search: error: ...`` and exit 2 with no traceback (``--debug`` shows it); Ctrl-C exits
+130 after the running trial is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USER, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _number(text: str) -> float:
+    """``50M``, ``1.5G``, ``2e7``, ``300k`` -> float."""
+    match = re.fullmatch(r"\s*([0-9.]+(?:e[+-]?\d+)?)\s*([kKmMgG]?)\s*", str(text))
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a number such as 5e7, 50M or 1.2G, got {text!r}")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2).lower()]
+    return float(match.group(1)) * scale
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _option_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _UsageError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.replace("-", "_")] = _option_value(value)
+    return out
+
+
+# --- shared option groups ------------------------------------------------------------------------------
+
+
+def _output_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("output")
+    group.add_argument("--json", action="store_true", help="print one JSON document on stdout (logs go to stderr)")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
+    group.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return parent
+
+
+def _data_parent(default_dataset: str | None = "digits") -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("data")
+    group.add_argument("--dataset", default=default_dataset, help="dataset name (see `gsa-search list datasets`); default %(default)s")
+    group.add_argument("--data-dir", default=None, help="folder with the data files (cifar*, imagefolder)")
+    group.add_argument("--image-size", type=_positive_int, default=None, help="input side in pixels (default: the dataset's; 16 for digits)")
+    group.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="a dataset option, e.g. val_fraction=0.2 (repeatable)")
+    return parent
+
+
+def _recipe_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("recipe (defaults: the tuned digits recipe on digits data, else Recipe())")
+    group.add_argument("--epochs", type=_positive_int)
+    group.add_argument("--batch-size", type=_positive_int)
+    group.add_argument("--lr", type=float)
+    group.add_argument("--weight-decay", type=float)
+    group.add_argument("--optimizer", choices=["sgd", "adamw"])
+    group.add_argument("--momentum", type=float)
+    group.add_argument("--label-smoothing", type=float)
+    group.add_argument("--schedule", choices=["cosine", "onecycle", "constant"])
+    group.add_argument("--warmup-epochs", type=float)
+    group.add_argument("--seed", type=int, help="training seed (and sampler seed for searches); default 0")
+    group.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when present)")
+    group.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    return parent
+
+
+_RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "momentum", "label_smoothing", "schedule",
+                 "warmup_epochs", "seed", "device", "precision")
+
+
+def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in _RECIPE_FLAGS if getattr(args, k, None) is not None}
+
+
+# --- the parser ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    output, data, recipe = _output_parent(), _data_parent(), _recipe_parent()
+    parser = _Parser(
+        prog="gsa-search",
+        description="Ablation studies and architecture/hyperparameter search over global self-attention blocks.",
+        epilog="Example: gsa-search search --space gsa_block_v1 --objectives accuracy,flops --trials 20 --dataset digits",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("list", parents=[output], help="list blocks, models, spaces or datasets",
+                       description="List registered names.", epilog="Example: gsa-search list models")
+    p.add_argument("what", choices=["blocks", "models", "spaces", "datasets"])
+    p.add_argument("pattern", nargs="?", default=None, help="glob over names, e.g. 'proxy_*'")
+
+    p = sub.add_parser("inspect", parents=[output], help="parameters and FLOPs per stage of a model preset",
+                       description="Parameters and FLOPs (multiply-accumulates) per stage, and the block configs.",
+                       epilog="Example: gsa-search inspect proxy_gsa_resnet --image-size 32")
+    p.add_argument("model", help="a model preset (see `gsa-search list models`)")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="default: the preset's")
+    p.add_argument("--num-classes", type=_positive_int, default=None)
+    p.add_argument("--in-channels", type=_positive_int, default=None)
+
+    p = sub.add_parser("train", parents=[output, data, recipe], help="train one model preset, print its metrics",
+                       description="One training run of a model preset on a dataset.",
+                       epilog="Example: gsa-search train proxy_gsa_resnet --dataset digits --epochs 4")
+    p.add_argument("model", help="a model preset (see `gsa-search list models`)")
+
+    p = sub.add_parser("bench", parents=[output], help="block and trainer benchmarks",
+                       description="Benchmarks: `blocks` times every mixer side by side; `train` measures the "
+                                   "trainer's overhead and time-to-accuracy on digits; `search` the runner's overhead.",
+                       epilog="Example: gsa-search bench blocks --sizes 16 32 64 --threads 2")
+    p.add_argument("what", choices=["blocks", "train", "search"])
+    p.add_argument("--sizes", type=_positive_int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--batch", type=_positive_int, default=None, help="default: 8 on CPU, 64 on CUDA")
+    p.add_argument("--channels", type=_positive_int, default=64)
+    p.add_argument("--heads", type=_positive_int, default=4)
+    p.add_argument("--dim-key", type=_positive_int, default=16)
+    p.add_argument("--rounds", type=_positive_int, default=None, help="interleaved rounds (blocks 9, train 5)")
+    p.add_argument("--repeats", type=_positive_int, default=2)
+    p.add_argument("--mhsa-max-size", type=_positive_int, default=32)
+    p.add_argument("--model", default="proxy_gsa_resnet", help="model of the train benchmark")
+    p.add_argument("--skip-accuracy", action="store_true", help="train benchmark: overhead only")
+    p.add_argument("--trials", type=_positive_int, default=5, help="search benchmark: trials")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--out", default="reports/bench")
+
+    p = sub.add_parser("search", parents=[output, data, recipe], help="run or resume a search",
+                       description="Run a search over a space with Optuna; re-running the same command resumes it.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Examples:\n"
+                              "  gsa-search search --space gsa_block_v1 --objectives accuracy,flops --trials 20\n"
+                              "  gsa-search search --space my_space.py:space --trials 50 --workers 2 \\\n"
+                              "      --storage postgresql+psycopg://user:pw@db:5432/optuna --study shared")
+    p.add_argument("--space", default="gsa_block_v1", help="registered space (see `gsa-search list spaces`) or FILE.py:FUNCTION")
+    p.add_argument("--objectives", default="accuracy", help="comma-separated subset of accuracy,flops,params,latency_ms")
+    p.add_argument("--trials", type=_positive_int, default=20, help="trial budget of the study (default %(default)s)")
+    p.add_argument("--sampler", default="auto", help="auto (tpe) | tpe | nsga2 | nsga3 | gp | random | grid | bruteforce")
+    p.add_argument("--pruner", default="auto", help="auto (median for one objective, none for several) | none | median | sha | hyperband")
+    p.add_argument("--backend", default="optuna", help="optuna")
+    p.add_argument("--workers", type=_positive_int, default=1, help="processes on this machine (default 1)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--storage", default=None, help="SQLAlchemy URL (postgresql+psycopg://...) or journal:PATH; default: SQLite in the study folder")
+    p.add_argument("--max-flops", type=_number, default=None, help="budget in multiply-accumulates per image, e.g. 30M")
+    p.add_argument("--max-params", type=_number, default=None, help="budget in parameters, e.g. 400k")
+    p.add_argument("--study", default=None, help="study name and folder reports/NAME (default: from space, dataset, objectives)")
+    p.add_argument("--reports-dir", default="reports", help="where study folders live (default %(default)s)")
+
+    p = sub.add_parser("demo", parents=[output], help="the main job on the bundled digits data",
+                       description="A small multi-objective accuracy/FLOPs search over gsa_block_v1 on digits "
+                                   "(resumable), then its Pareto front.",
+                       epilog="Example: gsa-search demo --trials 8")
+    p.add_argument("--trials", type=_positive_int, default=8)
+    p.add_argument("--epochs", type=_positive_int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--reports-dir", default="reports")
+    return parser
+
+
+# --- commands ---------------------------------------------------------------------------------------------
+
+
+def _emit(args: argparse.Namespace, document: Any, text: str) -> None:
+    if args.json:
+        print(json.dumps(document, indent=2, default=_json_default))
+    else:
+        print(text)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from gsa_search.blocks import list_blocks
+    from gsa_search.data import list_datasets
+    from gsa_search.models import list_models
+    from search_spaces import list_spaces
+
+    names = {"blocks": list_blocks, "models": list_models, "spaces": list_spaces, "datasets": list_datasets}[args.what](args.pattern)
+    _emit(args, {args.what: names}, "\n".join(names))
+
+
+def _model_config(name: str, **overrides: Any) -> Any:
+    from gsa_search.models import list_models, model_config
+
+    from .settings import UserError, suggest
+
+    if name not in list_models():
+        raise UserError(f"unknown model {name!r}{suggest(name, list_models())} (see `gsa-search list models`)")
+    return model_config(name, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _cmd_inspect(args: argparse.Namespace) -> None:
+    from gsa_search import metrics as M
+    from gsa_search.measure import count_params, flops_breakdown
+    from gsa_search.models import build_model
+
+    cfg = _model_config(args.model, image_size=args.image_size, num_classes=args.num_classes, in_channels=args.in_channels)
+    model = build_model(cfg)
+    shape = (1, cfg.in_channels, cfg.image_size, cfg.image_size)
+    table = flops_breakdown(model, shape, depth=1)
+    document = {"model": args.model, "image_size": cfg.image_size, "num_classes": cfg.num_classes,
+                "params": count_params(model), "flops_convention": M.FLOPS_CONVENTION,
+                "stages": json.loads(table.to_json(orient="records")), "config": cfg.to_dict()}
+    mixers = "\n".join(f"  stage {i + 1}: {json.dumps(m.to_dict())}" for i, m in enumerate(cfg.mixers))
+    text = (f"{args.model}: {document['params']:,} parameters at {cfg.image_size}x{cfg.image_size}, "
+            f"{cfg.num_classes} classes\nFLOPs: {M.FLOPS_CONVENTION}\n{table.to_string(index=False)}\nmixers:\n{mixers}")
+    _emit(args, document, text)
+
+
+def _load_data(args: argparse.Namespace, seed: int) -> Any:
+    from gsa_search.data import list_datasets
+    from gsa_search.trial import load_data_cached
+
+    from .settings import UserError, default_image_size, suggest
+
+    if args.dataset not in list_datasets():
+        raise UserError(f"unknown dataset {args.dataset!r}{suggest(args.dataset, list_datasets())} "
+                        f"(known: {', '.join(list_datasets())})")
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        raise UserError(f"--data-dir {args.data_dir} does not exist or is not a directory")
+    image_size = args.image_size if args.image_size is not None else default_image_size(args.dataset)
+    return load_data_cached(args.dataset, data_dir=args.data_dir, image_size=image_size, seed=seed,
+                            **_key_values(args.dataset_option, "--dataset-option"))
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from gsa_search import metrics as M
+    from gsa_search.train import train
+
+    from .settings import default_recipe
+
+    cfg = _model_config(args.model)
+    recipe = default_recipe(args.dataset or "").replace(**_recipe_overrides(args))
+    data = _load_data(args, recipe.seed)
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        if not args.quiet:
+            print(f"epoch {epoch + 1}/{recipe.epochs}: accuracy {metrics[M.ACCURACY]:.4f}, "
+                  f"train loss {metrics[M.TRAIN_LOSS]:.4f}, {metrics[M.TRAIN_TIME_S]:.1f} s", file=sys.stderr)
+
+    result = train(cfg, recipe, data, report=report)
+    keep = {k: v for k, v in result.items() if k not in ("history",)}
+    text = "\n".join(f"{k}: {v}" for k, v in keep.items() if k != "model_config")
+    _emit(args, {"model": args.model, "dataset": data.source, "recipe": recipe.to_dict(), **keep,
+                 "history": result["history"]}, f"{data.source}\n{text}\nFLOPs: {M.FLOPS_CONVENTION}")
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if args.what == "blocks":
+        from . import bench_cmds
+
+        document, text = bench_cmds.blocks(args, out)
+    elif args.what == "train":
+        from . import bench_cmds
+
+        document, text = bench_cmds.train(args)
+    else:
+        from . import bench_cmds
+
+        document, text = bench_cmds.search(args, out)
+    _emit(args, document, text)
+
+
+def _search_settings(args: argparse.Namespace) -> Any:
+    from .settings import SearchSettings
+
+    objectives = tuple(o.strip() for o in args.objectives.split(",") if o.strip())
+    recipe = _recipe_overrides(args)
+    seed = recipe.get("seed", 0)
+    return SearchSettings(
+        space=args.space, objectives=objectives, n_trials=args.trials, study=args.study, sampler=args.sampler,
+        pruner=args.pruner, seed=seed, storage=args.storage, workers=args.workers, threads=args.threads,
+        max_flops=args.max_flops, max_params=args.max_params, dataset=args.dataset, data_dir=args.data_dir,
+        image_size=args.image_size, dataset_options=_key_values(args.dataset_option, "--dataset-option"),
+        recipe=recipe, reports_dir=args.reports_dir, backend=args.backend,
+    )  # fmt: skip
+
+
+def _front_text(result: Any) -> str:
+    settings = result.settings
+    front = result.front
+    counts = ", ".join(f"{n} {state}" for state, n in result.counts.items() if n)
+    lines = [f"study {settings.study_name}: {counts or 'no trials'} ({result.wall_s:.0f} s)",
+             f"results: {result.study_dir / 'trials.csv'} (and .parquet); storage {result.storage}"]
+    if len(front):
+        params = [c for c in front.columns if c.startswith("param_")]
+        shown = front[["trial", *settings.objectives, *params]].copy()
+        shown.columns = [c.removeprefix("param_") for c in shown.columns]
+        title = "Pareto front" if settings.multi_objective else "best trial"
+        if not settings.multi_objective:
+            column = settings.objectives[0]
+            from gsa_search import metrics as M
+
+            best = shown[column].idxmax() if M.DIRECTIONS[column] == "maximize" else shown[column].idxmin()
+            shown = shown.loc[[best]]
+        lines += [f"{title} (FLOPs = multiply-accumulates per image):",
+                  shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}")]
+    else:
+        lines.append("no completed trial yet")
+    if result.interrupted:
+        lines.append("interrupted: re-run the same command to resume (finished trials are kept)")
+    return "\n".join(lines)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .optuna_runner import run_search
+
+    result = run_search(_search_settings(args), progress=not args.quiet and not args.json)
+    _emit(args, result.to_json(), _front_text(result))
+    if result.interrupted:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .optuna_runner import run_search
+    from .settings import SearchSettings
+
+    settings = SearchSettings(
+        space="gsa_block_v1", objectives=("accuracy", "flops"), n_trials=args.trials, study="demo-search",
+        sampler="tpe", seed=0, dataset="digits", recipe={"epochs": args.epochs, "device": args.device},
+        reports_dir=args.reports_dir,
+    )  # fmt: skip
+    result = run_search(settings, progress=not args.quiet and not args.json)
+    _emit(args, result.to_json(), _front_text(result))
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+_COMMANDS = {"list": _cmd_list, "inspect": _cmd_inspect, "train": _cmd_train, "bench": _cmd_bench,
+             "search": _cmd_search, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gsa-search`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return int(_COMMANDS[args.command](args) or 0)
+    except _UsageError as error:
+        print(f"gsa-search: error: {error}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("gsa-search: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit:
+        raise
+    except BaseException as error:  # noqa: BLE001 - the one place errors become one line
+        if debug:
+            raise
+        from gsa_search.data import DatasetError
+
+        from .settings import UserError
+
+        message = " ".join(str(error).split()) or type(error).__name__
+        if isinstance(error, (UserError, DatasetError, ValueError, FileNotFoundError)):
+            print(f"gsa-search: error: {message}", file=sys.stderr)
+            return EXIT_USER
+        print(f"gsa-search: error: {type(error).__name__}: {message} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

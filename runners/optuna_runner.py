@@ -1,0 +1,516 @@
+"""The Optuna runner: a search space + objectives + budgets -> trials in a resumable Optuna study.
+
+Status: stable. One process runs trials in a loop until the study holds ``n_trials`` counted trials
+(complete, infeasible, pruned, or failed for a reason of their own; a trial whose worker died or was
+interrupted does not count and its config is retried). ``workers > 1`` starts that many processes on
+one study, each with its own sampler seed derived from ``seed`` and ``cores / workers`` threads;
+workers on other machines join by pointing ``storage`` at the same PostgreSQL URL.
+
+Per trial: the space samples a :class:`~gsa_search.trial.TrialConfig`, the model is fitted to the
+data and measured (FLOPs, params) before training, budgets are checked (an infeasible config is
+recorded COMPLETE with its cost and ``set_constraint`` values > 0, accuracy 0, and never trains),
+then :func:`~gsa_search.trial.run_trial` trains it with a report hook that feeds Optuna's pruner in
+single-objective studies. Failures (invalid config, divergence, out of memory, any exception) mark
+that trial FAIL with the reason stored in its user attributes; the search goes on.
+
+Dead workers: with an RDB storage (PostgreSQL) trials send heartbeats and a stale trial is failed and
+re-enqueued by ``RetryHeartbeatStaleTrialCallback``; on every storage, a starting worker takes over
+trials left RUNNING by a dead process of its own host (pid + process start time recorded on each
+trial). Ctrl-C records the running trial as ``interrupted`` and stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+import search_spaces
+from gsa_search import metrics as M
+from gsa_search.trial import Infeasible, InvalidConfig, TrialConfig, run_trial
+
+from . import _process
+from .results import optuna_rows, pareto_front, results_table, save_results
+from .settings import SearchSettings, UserError
+
+__all__ = ["SearchResult", "run_search", "results", "open_study", "create_storage", "make_sampler", "make_pruner"]
+
+log = logging.getLogger("gsa_search.search")
+
+COUNTED = ("complete", "infeasible", "pruned", "failed")
+HEARTBEAT_S, GRACE_S = 10, 30  # RDB storages: a trial silent for 30 s belongs to a dead worker
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """What a finished (or interrupted) search leaves: its folder, results table, state counts and front."""
+
+    settings: SearchSettings
+    study_dir: Path
+    storage: str
+    table: Any
+    counts: dict[str, int]
+    front: Any
+    wall_s: float
+    interrupted: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        cols = ["trial"] + list(self.settings.objectives)
+        front = self.front[cols + [c for c in self.front.columns if c.startswith("param_")]]
+        return {
+            "study": self.settings.study_name,
+            "study_dir": str(self.study_dir),
+            "storage": self.storage,
+            "backend": self.settings.backend,
+            "objectives": list(self.settings.objectives),
+            "directions": self.settings.directions,
+            "counts": self.counts,
+            "trials": int(len(self.table)),
+            "pareto_front": json.loads(front.to_json(orient="records")),
+            "results": [str(self.study_dir / "trials.csv"), str(self.study_dir / "trials.parquet")],
+            "wall_s": round(self.wall_s, 3),
+            "interrupted": self.interrupted,
+        }
+
+
+# --- storage, sampler, pruner --------------------------------------------------------------------------
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def create_storage(settings: SearchSettings) -> optuna.storages.BaseStorage:
+    """The Optuna storage for ``settings`` (creating the SQLite/journal file's folder)."""
+    url = settings.storage_url()
+    kind = settings.storage_kind()
+    if kind == "journal":
+        path = Path(url[len("journal:"):]).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(
+            str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path))
+        )
+        return optuna.storages.JournalStorage(backend)
+    if kind == "sqlite":
+        database = url[len("sqlite:///"):]
+        if database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(url)
+    try:
+        with warnings.catch_warnings():  # heartbeats and the retry callback are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
+    except Exception as error:  # sqlalchemy.exc.OperationalError, ImportError of a driver, ...
+        raise UserError(f"cannot open the database {_redact(url)}: {_one_line(error)}; check that the server "
+                        "runs and the URL (user, password, host, port, database) is right") from None
+
+
+def _redact(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def make_sampler(name: str, *, seed: int, n_trials: int, multi_objective: bool) -> optuna.samplers.BaseSampler:
+    """A sampler by name: ``tpe``, ``nsga2``, ``nsga3``, ``gp``, ``random``, ``grid``/``bruteforce``."""
+    samplers = optuna.samplers
+    if name == "tpe":
+        return samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, n_trials // 4)))
+    if name == "nsga2":
+        return samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n_trials // 3)))
+    if name == "nsga3":
+        return samplers.NSGAIIISampler(seed=seed, population_size=max(4, min(50, n_trials // 3)))
+    if name == "gp":
+        return samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(2, n_trials // 4)))
+    if name == "random":
+        return samplers.RandomSampler(seed=seed)
+    if name in ("grid", "bruteforce"):
+        return samplers.BruteForceSampler(seed=seed)
+    raise UserError(f"unknown sampler {name!r}")
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    """``none``, ``median`` (after 2 epochs, once 3 trials finished), ``sha`` or ``hyperband``."""
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+    if name == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=2)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=2)
+    raise UserError(f"unknown pruner {name!r}")
+
+
+def worker_seed(seed: int, worker: int, workers: int) -> int:
+    """Sampler seed of worker ``worker``: ``seed`` itself for a single worker, else derived from it."""
+    if workers == 1:
+        return seed
+    return int(np.random.SeedSequence([seed, worker]).generate_state(1)[0])
+
+
+def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage, *, worker: int = 0) -> optuna.Study:
+    """Create the study or load it (resume); a stored study with different settings is refused."""
+    sampler = make_sampler(settings.resolved_sampler(), seed=worker_seed(settings.seed, worker, settings.workers),
+                           n_trials=settings.n_trials, multi_objective=settings.multi_objective)
+    try:
+        study = optuna.create_study(
+            study_name=settings.study_name, storage=storage, directions=settings.directions,
+            sampler=sampler, pruner=make_pruner(settings.resolved_pruner()), load_if_exists=True,
+        )  # fmt: skip
+    except ValueError as error:  # stored directions differ
+        raise UserError(f"study {settings.study_name!r} exists in {_redact(settings.storage_url())} with other "
+                        f"objectives ({_one_line(error)}); use another --study name") from None
+    identity = json.loads(json.dumps(settings.identity(), default=str))
+    stored = study.user_attrs.get("identity")
+    if stored is None:
+        study.set_user_attr("identity", identity)
+        study.set_user_attr("settings", json.loads(json.dumps(settings.to_dict(), default=str)))
+        study.set_user_attr("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    elif stored != identity:
+        changed = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+        raise UserError(f"study {settings.study_name!r} already exists with different settings "
+                        f"({', '.join(changed)}); re-run with the same options to resume, or pick another --study")
+    return study
+
+
+# --- counting and recovery -------------------------------------------------------------------------------
+
+
+def results(study: optuna.Study) -> Any:
+    """The results table (one row per trial, see :mod:`runners.results`) of an Optuna study."""
+    return results_table(optuna_rows(study.get_trials(deepcopy=False)))
+
+
+def _counts(table: Any) -> dict[str, int]:
+    counts = {state: 0 for state in ("complete", "infeasible", "pruned", "failed", "running", "interrupted", "died", "waiting")}
+    for state, n in table["state"].value_counts().items():
+        counts[str(state)] = int(n)
+    return counts
+
+
+def _counted(study: optuna.Study) -> int:
+    """Trials that use up the budget: finished ones plus those running now."""
+    n = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
+            n += 1
+        elif t.state == TrialState.FAIL and t.user_attrs.get("status") == "failed":
+            n += 1
+    return n
+
+
+def recover_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail and re-enqueue trials left RUNNING by a dead process of this host; returns their numbers."""
+    recovered = []
+    storage = study._storage  # noqa: SLF001 - Optuna exposes no public way to fail another process's trial
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = t.user_attrs
+        if attrs.get("host") != _process.HOST or "pid" not in attrs:
+            continue
+        if _process.process_alive(attrs["pid"], attrs.get("proc_start")):
+            continue
+        reason = f"worker process {attrs['pid']} on {attrs['host']} died while training; its config was re-queued"
+        storage.set_trial_user_attr(t._trial_id, "status", "died")  # noqa: SLF001
+        storage.set_trial_user_attr(t._trial_id, "reason", reason)  # noqa: SLF001
+        try:
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # noqa: SLF001
+        except RuntimeError:  # another worker got there first
+            continue
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        log.warning("trial %d: %s", t.number, reason)
+        recovered.append(t.number)
+    return recovered
+
+
+# --- one trial ----------------------------------------------------------------------------------------------
+
+
+class _Objective:
+    """``study.optimize`` objective: sample, measure, check budgets, train, record."""
+
+    def __init__(self, settings: SearchSettings, worker: int) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.space = search_spaces.get_space(settings.space)
+        self.base_recipe = settings.base_recipe()
+        self.latency = M.LATENCY_MS in settings.objectives
+        self.pruner_name = settings.resolved_pruner()
+
+    def _values(self, metrics: dict[str, float]) -> list[float]:
+        return [float(metrics[o]) for o in self.settings.objectives]
+
+    def __call__(self, trial: optuna.Trial) -> list[float] | float:
+        settings = self.settings
+        ident = _process.identity()
+        trial.set_user_attr("host", ident["host"])
+        trial.set_user_attr("pid", ident["pid"])
+        trial.set_user_attr("proc_start", ident["proc_start"])
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("backend", "optuna")
+        curve: list[float] = []
+
+        def fail(status: str, reason: str) -> None:
+            trial.set_user_attr("status", status)
+            trial.set_user_attr("reason", reason)
+            trial.set_user_attr("curve", curve)
+            log.info("trial %d %s: %s", trial.number, status, reason)
+
+        try:
+            try:
+                config = self.space(trial)
+                if not isinstance(config, TrialConfig):
+                    raise InvalidConfig(f"the space returned {type(config).__name__}, not a TrialConfig")
+            except ValueError as error:  # InvalidConfig and the block builders' ValueErrors
+                raise InvalidConfig(str(error)) from None
+            trial.set_user_attr("config", config.to_dict())
+
+            def on_cost(cost: dict[str, float]) -> None:
+                trial.set_user_attr("cost", cost)
+                for key, value in settings.budgets.violations(cost).items():
+                    trial.set_constraint(key, value)
+
+            def report(epoch: int, metrics: dict[str, float]) -> None:
+                curve.append(float(metrics[M.ACCURACY]))
+                trial.set_user_attr("curve", curve)
+                if not settings.multi_objective and self.pruner_name != "none":
+                    trial.report(float(metrics[M.ACCURACY]), epoch)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} by the {self.pruner_name} pruner "
+                                                 f"(accuracy {metrics[M.ACCURACY]:.4f})")
+
+            outcome = run_trial(
+                config, base_recipe=self.base_recipe, dataset=settings.dataset, data_dir=settings.data_dir,
+                image_size=settings.resolved_image_size(), dataset_options=settings.dataset_options,
+                budgets=settings.budgets, latency=self.latency, report=report, on_cost=on_cost,
+            )  # fmt: skip
+        except Infeasible as error:
+            trial.set_user_attr("status", "infeasible")
+            trial.set_user_attr("reason", error.reason)
+            metrics = {**error.cost, M.ACCURACY: 0.0}
+            trial.set_user_attr("metrics", metrics)
+            log.info("trial %d infeasible: %s", trial.number, error.reason)
+            return self._finish(self._values(metrics))
+        except optuna.TrialPruned as error:
+            fail("pruned", str(error) or "pruned")
+            raise
+        except KeyboardInterrupt:
+            fail("interrupted", "interrupted by the user (Ctrl-C) while training; it will run again on resume")
+            raise
+        except InvalidConfig as error:
+            fail("failed", f"invalid config: {error}")
+            raise
+        except Exception as error:  # divergence, out of memory, a bug in a user's space: record, go on
+            fail("failed", f"{type(error).__name__}: {' '.join(str(error).split())}")
+            raise
+        trial.set_user_attr("status", "complete")
+        trial.set_user_attr("model_config", outcome.model_config)
+        trial.set_user_attr("config", {**config.to_dict(), "model": outcome.model_config, "recipe": outcome.recipe})
+        trial.set_user_attr("metrics", {k: v for k, v in outcome.metrics.items() if not (isinstance(v, float) and math.isnan(v))})
+        values = self._values(outcome.metrics)
+        log.info("trial %d complete: %s", trial.number,
+                 ", ".join(f"{o}={v:.4g}" for o, v in zip(settings.objectives, values)))
+        return self._finish(values)
+
+    def _finish(self, values: list[float]) -> list[float] | float:
+        return values if self.settings.multi_objective else values[0]
+
+
+# --- worker loop and the search ----------------------------------------------------------------------------
+
+
+def _quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # we record failures ourselves, in one line each
+
+
+def _save(study: optuna.Study, study_dir: Path) -> Any:
+    table = results(study)
+    save_results(table, study_dir)
+    return table
+
+
+def run_worker(settings: SearchSettings, worker: int = 0, *, on_trial: Callable[[Any], None] | None = None) -> None:
+    """Run trials of ``settings``' study in this process until its budget is used up."""
+    _quiet_optuna()
+    storage = create_storage(settings)
+    study = open_study(settings, storage, worker=worker)
+    recover_dead_trials(study)
+    objective = _Objective(settings, worker)
+    study_dir = settings.study_dir
+
+    def after_trial(study: optuna.Study, trial: Any) -> None:
+        table = _save(study, study_dir)
+        if on_trial is not None:
+            on_trial(table)
+
+    while _counted(study) < settings.n_trials:
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[after_trial], gc_after_trial=False)
+
+
+def _worker_entry(settings_dict: dict[str, Any], worker: int, threads: int, log_path: str) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _setup_log_file(Path(log_path))
+    settings = SearchSettings(**{**settings_dict, "objectives": tuple(settings_dict["objectives"])})
+    with contextlib.suppress(KeyboardInterrupt):
+        run_worker(settings, worker)
+
+
+def _setup_log_file(path: Path) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [pid {os.getpid()}] %(levelname)s %(message)s"))
+    root = logging.getLogger("gsa_search")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler
+
+
+class _Progress:
+    """The stderr progress bar: trials done / pruned / failed / infeasible, front size, best values, ETA."""
+
+    def __init__(self, settings: SearchSettings, enabled: bool, already: int) -> None:
+        self.settings = settings
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=settings.n_trials, initial=min(already, settings.n_trials), desc=settings.study_name,
+                            unit="trial", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, table: Any) -> None:
+        if self.bar is None:
+            return
+        counts = _counts(table)
+        done = sum(counts[s] for s in COUNTED)
+        self.bar.n = min(done, self.settings.n_trials)
+        postfix = {"ok": counts["complete"], "pruned": counts["pruned"], "failed": counts["failed"],
+                   "infeasible": counts["infeasible"]}
+        front = pareto_front(table, self.settings.objectives)
+        if self.settings.multi_objective:
+            postfix["front"] = len(front)
+        if len(front):
+            for objective in self.settings.objectives:
+                column = front[objective]
+                best = column.max() if M.DIRECTIONS[objective] == "maximize" else column.min()
+                postfix[objective] = f"{best:.4g}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResult:
+    """Validate, create or resume the study, run it to its trial budget, save and return the results.
+
+    Raises :class:`UserError` for bad settings (before anything is created: a study folder made by
+    this call is removed again when opening the storage fails). Ctrl-C returns the partial result
+    with ``interrupted=True`` once the running trial is recorded.
+    """
+    settings.validate()
+    _quiet_optuna()
+    tic = time.perf_counter()
+    study_dir = settings.study_dir
+    created_dir = not study_dir.exists()
+    try:
+        storage = create_storage(settings)
+        study = open_study(settings, storage)
+    except BaseException:
+        if created_dir and study_dir.exists():
+            import shutil
+
+            shutil.rmtree(study_dir, ignore_errors=True)
+        raise
+    study_dir.mkdir(parents=True, exist_ok=True)
+    handler = _setup_log_file(study_dir / "log.txt")
+    (study_dir / "search.json").write_text(json.dumps(settings.to_dict(), indent=2, default=str) + "\n")
+    log.info("search %s: %s", settings.study_name, json.dumps(settings.to_dict(), default=str))
+    table = results(study)
+    bar = _Progress(settings, progress, sum(_counts(table)[s] for s in COUNTED))
+    interrupted = False
+    try:
+        if settings.workers == 1:
+            import torch
+
+            if settings.threads is not None:
+                torch.set_num_threads(settings.threads)
+            run_worker(settings, 0, on_trial=bar.update)
+        else:
+            _run_processes(settings, study, bar)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        logging.getLogger("gsa_search").removeHandler(handler)
+        handler.close()
+    table = _save(study, study_dir)
+    return SearchResult(settings=settings, study_dir=study_dir, storage=_redact(settings.storage_url()), table=table,
+                        counts=_counts(table), front=pareto_front(table, settings.objectives),
+                        wall_s=time.perf_counter() - tic, interrupted=interrupted)
+
+
+def _run_processes(settings: SearchSettings, study: optuna.Study, bar: _Progress) -> None:
+    """``settings.workers`` processes on one study; GPUs spread one per worker, cores shared evenly."""
+    import multiprocessing
+
+    import torch
+
+    context = multiprocessing.get_context("spawn")
+    threads = settings.threads_per_worker()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    settings_dict = dataclasses.asdict(settings)
+    processes = []
+    saved_env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")}
+    try:
+        for worker in range(settings.workers):
+            os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+            if gpus:
+                os.environ["CUDA_VISIBLE_DEVICES"] = str(worker % gpus)
+            process = context.Process(target=_worker_entry, name=f"gsa-search-worker-{worker}",
+                                      args=(settings_dict, worker, threads, str(settings.study_dir / "log.txt")))
+            process.start()
+            processes.append(process)
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    try:
+        while any(p.is_alive() for p in processes):
+            time.sleep(1.0)
+            bar.update(results(study))
+    except KeyboardInterrupt:
+        for process in processes:  # they got the same Ctrl-C: let them record their trial
+            process.join(timeout=60)
+        raise
+    for process in processes:
+        process.join()
+    failed = [p for p in processes if p.exitcode not in (0, None)]
+    if failed:
+        log.warning("%d worker(s) exited with errors: %s", len(failed), ", ".join(str(p.exitcode) for p in failed))
