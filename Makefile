@@ -18,8 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m gsa_search.zoo "proxy_*"
-	$(PY) -m gsa_search.demo
+	$(VENV)/bin/gsa-search demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

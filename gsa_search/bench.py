@@ -12,14 +12,12 @@ explicit attention, full softmax attention (up to ``--mhsa-max-size``, it is qua
 the optional ``gsa-pytorch`` package is installed (``pip install gsa-search[bench]``), its ``GSA``
 module configured the same way (global relative span, content + positional).
 
-``python -m gsa_search.bench --sizes 16 32 64 --out reports/bench`` writes ``blocks.csv`` and
+``gsa-search bench blocks --sizes 16 32 64 --out reports/bench`` writes ``blocks.csv`` and
 ``blocks.png`` (time and memory vs resolution) and prints the ratios.
 """
 
 from __future__ import annotations
 
-import argparse
-import platform
 from pathlib import Path
 from typing import Callable
 
@@ -28,9 +26,10 @@ import torch
 from torch import nn
 
 from .blocks import block_config, create_block
-from .measure import count_flops, measure_latency
+from .device import resolve_device
+from .measure import count_flops, count_params, measure_latency
 
-__all__ = ["candidates", "bench_blocks", "bench_ratios", "plot_bench", "main"]
+__all__ = ["candidates", "bench_blocks", "bench_ratios", "plot_bench"]
 
 
 def candidates(size: int, *, channels: int, heads: int, dim_key: int) -> dict[str, Callable[[], nn.Module]]:
@@ -67,7 +66,7 @@ def bench_blocks(
     include: tuple[str, ...] | None = None,
 ) -> pd.DataFrame:
     """One row per (block, size): medians over interleaved rounds of forward and forward+backward."""
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = resolve_device(device, owner="bench")
     cuda = dev.type == "cuda"
     batch = batch or (64 if cuda else 8)
     autocast_dtype = torch.bfloat16 if cuda else None
@@ -106,7 +105,7 @@ def bench_blocks(
                 "activation_mb": results[-1].activation_mb,
                 "peak_memory_mb": results[-1].peak_memory_mb,
                 "flops": count_flops(models[name], (1, channels, size, size)).total,
-                "params": sum(p.numel() for p in models[name].parameters()),
+                "params": count_params(models[name]),
                 "over_conv": paired(name, "conv"),
                 "over_gsa": paired(name, "gsa"),
                 "device": str(dev),
@@ -159,41 +158,3 @@ def plot_bench(table: pd.DataFrame, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="gsa-search bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64])
-    parser.add_argument("--batch", type=int, default=None, help="default: 8 on CPU, 64 on CUDA")
-    parser.add_argument("--channels", type=int, default=64)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--dim-key", type=int, default=16)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--mhsa-max-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--out", default="reports/bench")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    table = bench_blocks(
-        tuple(args.sizes), batch=args.batch, channels=args.channels, heads=args.heads, dim_key=args.dim_key,
-        device=args.device, rounds=args.rounds, repeats=args.repeats, mhsa_max_size=args.mhsa_max_size,
-    )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "blocks.csv", index=False)
-    plot_bench(table, out / "blocks.png")
-    ratios = bench_ratios(table)
-    ratios.to_csv(out / "ratios.csv")
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, device {table['device'].iloc[0]}")
-    print(table.drop(columns=["device"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print("\nratios (forward+backward time; median over interleaved rounds of the per-round ratio):")
-    print(ratios.to_string(float_format=lambda v: f"{v:.2f}"))
-    print(f"\nwrote {out / 'blocks.csv'}, {out / 'ratios.csv'}, {out / 'blocks.png'}")
-
-
-if __name__ == "__main__":
-    main()

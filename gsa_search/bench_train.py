@@ -6,12 +6,11 @@ optimiser and batch size, for one epoch each, interleaved over several rounds (t
 noisy: only ratios measured side by side count). The trainer runs without augmentation so that the
 two do the same work; its per-epoch time excludes evaluation, as the bare loop has none.
 
-``python -m gsa_search.bench_train [--rounds 5] [--model proxy_gsa_resnet]``
+``gsa-search bench train [--rounds 5] [--model proxy_gsa_resnet]``
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -20,10 +19,10 @@ from torch.nn import functional as F
 
 from .data import load_dataset
 from .device import resolve_device
-from .models import GSAResNet, model_config
+from .models import build_model, model_config
 from .train import DIGITS_IMAGE_SIZE, DIGITS_RECIPE, Recipe, build_optimizer, train
 
-__all__ = ["bare_epoch", "trainer_overhead", "digits_time_to_accuracy", "main"]
+__all__ = ["bare_epoch", "trainer_overhead", "digits_time_to_accuracy"]
 
 
 
@@ -31,10 +30,10 @@ def bare_epoch(model_name: str, data, recipe: Recipe) -> float:
     """Seconds for one epoch of the simplest possible loop over the same model, data and optimiser."""
     device = resolve_device(recipe.device)
     torch.manual_seed(recipe.seed)
-    cfg = model_config(model_name).replace(
+    cfg = model_config(model_name).fit_to_data(
         num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
     )
-    model = GSAResNet(cfg).to(device).train()
+    model = build_model(cfg).to(device).train()
     optimizer = build_optimizer(model, recipe)
     x, y = data.train_x, data.train_y
     steps = len(x) // recipe.batch_size
@@ -75,24 +74,3 @@ def digits_time_to_accuracy(model_name: str = "proxy_gsa_resnet", *, device: str
         "seconds_to_95": first_95,
         "images_per_s": result["images_per_s"],
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m gsa_search.bench_train", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="proxy_gsa_resnet")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--skip-accuracy", action="store_true")
-    args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {resolve_device(args.device)}")
-    overhead = trainer_overhead(args.model, rounds=args.rounds, device=args.device)
-    print(f"{args.model} on digits {DIGITS_IMAGE_SIZE}x{DIGITS_IMAGE_SIZE}: train() {overhead['train_epoch_s']:.2f} s/epoch, "
-          f"bare loop {overhead['bare_epoch_s']:.2f} s/epoch, overhead {overhead['overhead'] * 100:+.1f}%")
-    if not args.skip_accuracy:
-        acc = digits_time_to_accuracy(args.model, device=args.device)
-        print(f"{args.model} on digits: accuracy {acc['accuracy']:.4f} after {acc['train_time_s']:.1f} s of training "
-              f"(first >= 95% at {acc['seconds_to_95']:.1f} s), {acc['images_per_s']:.0f} images/s")
-
-
-if __name__ == "__main__":
-    main()

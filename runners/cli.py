@@ -231,7 +231,14 @@ def _cmd_list(args: argparse.Namespace) -> None:
     from search_spaces import list_spaces
 
     names = {"blocks": list_blocks, "models": list_models, "spaces": list_spaces, "datasets": list_datasets}[args.what](args.pattern)
-    _emit(args, {args.what: names}, "\n".join(names))
+    text = "\n".join(names)
+    if args.what == "models" and names and not args.json:
+        from gsa_search.zoo import zoo_table
+
+        table = zoo_table(args.pattern)
+        text = ("model presets at 32x32, 10 classes\n"
+                + table.to_string(index=False, formatters={"params": "{:,}".format}))
+    _emit(args, {args.what: names}, text)
 
 
 def _model_config(name: str, **overrides: Any) -> Any:

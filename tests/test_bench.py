@@ -1,20 +1,24 @@
-"""The benchmark and demo commands run end to end on tiny sizes, so they cannot rot.
+"""The benchmark commands run end to end on tiny sizes, so they cannot rot.
 
 They are benchmarks, not tests: nothing here asserts a timing, only that the commands work and write
 what they promise with sane contents."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
-from gsa_search import bench, bench_train, demo
+from gsa_search import bench, bench_train
 from gsa_search.measure import count_flops
+from runners import bench_cmds
+from runners.cli import main
 
 
 def test_block_benchmark_writes_csv_plot_and_ratios(tmp_path, capsys):
-    bench.main(["--sizes", "6", "8", "--batch", "2", "--channels", "8", "--heads", "2", "--dim-key", "4",
-                "--rounds", "1", "--repeats", "1", "--out", str(tmp_path)])
+    assert main(["bench", "blocks", "--sizes", "6", "8", "--batch", "2", "--channels", "8", "--heads", "2",
+                 "--dim-key", "4", "--rounds", "1", "--repeats", "1", "--out", str(tmp_path)]) == 0
     table = pd.read_csv(tmp_path / "blocks.csv")
     assert {"conv", "gsa", "gsa_content", "gsa_positional", "gsa_2d_r3", "explicit", "mhsa"} <= set(table["block"])
     assert set(table["size"]) == {6, 8}
@@ -48,12 +52,19 @@ def test_trainer_overhead_benchmark_runs():
     assert result["train_epoch_s"] > 0 and result["bare_epoch_s"] > 0
 
 
-def test_demo_trains_and_writes_results(tmp_path, capsys):
-    demo.main(["--models", "proxy_resnet", "proxy_gsa_content", "--epochs", "1", "--out", str(tmp_path)])
-    table = pd.read_csv(tmp_path / "results.csv")
-    assert list(table["model"]) == ["proxy_resnet", "proxy_gsa_content"]
-    assert table["accuracy"].between(0, 1).all() and (table["flops"] > 0).all()
-    assert "multiply-accumulates" in capsys.readouterr().out
+def test_search_overhead_benchmark_splits_the_wall_time(tmp_path):
+    result = bench_cmds.search_overhead(trials=2, recipe={"epochs": 1, "device": "cpu"}, reports_dir=tmp_path)
+    assert result["trials"] == 2 and result["train_s_per_trial"] > 0
+    assert 0 <= result["overhead_s_per_trial"] < result["wall_s"]
+    assert result["trials_per_hour"] == pytest.approx(2 / result["wall_s"] * 3600)
+
+
+def test_list_models_prints_the_zoo(capsys):
+    assert main(["list", "models", "proxy_*"]) == 0
+    out = capsys.readouterr().out
+    assert "proxy_gsa_resnet" in out and "params" in out and "resnet50" not in out
+    assert main(["list", "models", "proxy_*", "--json"]) == 0
+    assert "proxy_resnet" in json.loads(capsys.readouterr().out)["models"]
 
 
 def test_count_flops_is_what_the_trainer_reports():

@@ -370,9 +370,9 @@ def test_the_input_check_works_under_torch_compile_and_jit_trace(name):
     assert not [w for w in caught if w.filename == blocks_base.__file__]  # the check records nothing
 
 
-def test_as_block_config_is_public_and_the_old_private_name_is_an_alias():
+def test_as_block_config_is_public():
     assert "as_block_config" in blocks_package.__all__ and "as_block_config" in blocks_base.__all__
-    assert blocks_base._as_config is as_block_config
+    assert not hasattr(blocks_base, "_as_config")
     assert as_block_config("conv") == ConvConfig()
     assert as_block_config({"type": "conv", "kernel_size": 5}) == ConvConfig(kernel_size=5)
     cfg = GSAConfig(heads=2)

@@ -171,7 +171,6 @@ def as_block_config(cfg: BlockConfig | str | dict[str, Any]) -> BlockConfig:
 
 
 # Temporary alias for callers of the old private name (gsa_search.models.resnet); use as_block_config.
-_as_config = as_block_config
 
 
 def create_block(

@@ -52,8 +52,6 @@ __all__ = [
     "ContentAttention",
     "AxialPositionalAttention",
     "Positional2DAttention",
-    "relative_to_absolute",
-    "window_path",
 ]
 
 POSITIONAL_MODES = ("axial", "2d", "none")
