@@ -43,7 +43,7 @@ from .models import (
     register_model,
 )
 from .pareto import pareto_mask
-from .train import DivergenceError, OutOfMemoryError, Recipe, TrainError, train
+from .trainer import DivergenceError, OutOfMemoryError, Recipe, TrainError, train
 from .trial import Budgets, Infeasible, InvalidConfig, TrialConfig, run_trial
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Trainer benchmark: overhead of :func:`gsa_search.train.train` over a bare hand-written loop, and
+"""Trainer benchmark: overhead of :func:`gsa_search.trainer.train` over a bare hand-written loop, and
 time-to-accuracy of a proxy GSA model on the bundled digits data.
 
 Status: stable. Both loops train the same model config on the same resident tensors with the same
@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from .data import load_dataset
 from .device import resolve_device
 from .models import build_model, model_config
-from .train import DIGITS_IMAGE_SIZE, DIGITS_RECIPE, Recipe, build_optimizer, train
+from .trainer import DIGITS_IMAGE_SIZE, DIGITS_RECIPE, Recipe, build_optimizer, train
 
 __all__ = ["bare_epoch", "trainer_overhead", "digits_time_to_accuracy"]
 

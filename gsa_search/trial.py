@@ -33,7 +33,7 @@ from .config import ConfigMixin
 from .data import DatasetBundle, load_dataset
 from .measure import measure_latency, model_flops, model_params
 from .models import build_model, model_config_from_dict
-from .train import Recipe, train
+from .trainer import Recipe, train
 
 __all__ = [
     "TrialConfig",
@@ -66,7 +66,7 @@ class TrialConfig(ConfigMixin):
     """What one trial trains: a backbone config, overrides of the base recipe, dataset options.
 
     ``model`` is any registered backbone config (or its dict); it is fitted to the dataset (classes,
-    channels, size) when the trial runs. ``recipe`` holds :class:`~gsa_search.train.Recipe` fields
+    channels, size) when the trial runs. ``recipe`` holds :class:`~gsa_search.trainer.Recipe` fields
     that override the runner's base recipe; ``dataset_options`` are passed to
     :func:`~gsa_search.data.load_dataset` on top of the runner's.
     """
@@ -194,7 +194,7 @@ def run_trial(
     on_cost: Callable[[dict[str, float]], None] | None = None,
 ) -> TrialOutcome:
     """Run one trial: fit, measure, check budgets, train. Raises :class:`InvalidConfig`,
-    :class:`Infeasible`, the trainer's :class:`~gsa_search.train.TrainError`\\ s, or whatever
+    :class:`Infeasible`, the trainer's :class:`~gsa_search.trainer.TrainError`\\ s, or whatever
     ``report`` raises (a pruner's exception) unchanged.
 
     ``on_cost(cost)`` is called once the cost is known, before the budget check and before training,

@@ -52,7 +52,7 @@ def train(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
     from gsa_search.bench_train import digits_time_to_accuracy, trainer_overhead
     from gsa_search.device import resolve_device
-    from gsa_search.train import DIGITS_IMAGE_SIZE
+    from gsa_search.trainer import DIGITS_IMAGE_SIZE
 
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {resolve_device(args.device)}"]
     overhead = trainer_overhead(args.model, rounds=args.rounds or 5, device=args.device)

@@ -287,7 +287,7 @@ def _load_data(args: argparse.Namespace, seed: int) -> Any:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from gsa_search import metrics as M
-    from gsa_search.train import train
+    from gsa_search.trainer import train
 
     from .settings import default_recipe
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from gsa_search import metrics as M
 from gsa_search.data import list_datasets
-from gsa_search.train import DIGITS_IMAGE_SIZE, DIGITS_RECIPE, Recipe
+from gsa_search.trainer import DIGITS_IMAGE_SIZE, DIGITS_RECIPE, Recipe
 from gsa_search.trial import Budgets
 
 __all__ = [
@@ -61,7 +61,7 @@ def default_image_size(dataset: str) -> int | None:
 class SearchSettings:
     """One search: what to sample, what to optimise, on which data, where to store it, how to run it.
 
-    ``recipe`` holds the base :class:`~gsa_search.train.Recipe` fields (a space's recipe overrides
+    ``recipe`` holds the base :class:`~gsa_search.trainer.Recipe` fields (a space's recipe overrides
     apply on top); ``storage`` is ``None`` (an SQLite file in the study folder; with ``workers > 1``
     a journal file), an SQLAlchemy URL (``postgresql+psycopg://...``, ``sqlite:///...``) or
     ``journal:PATH``.

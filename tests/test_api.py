@@ -50,3 +50,15 @@ def test_importing_the_library_loads_neither_optuna_nor_ray():
     code = "import sys, gsa_search; print(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'ray')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_no_exported_name_hides_a_submodule():
+    import importlib
+    import inspect
+    import pkgutil
+
+    for info in pkgutil.iter_modules(gsa_search.__path__):
+        if info.name in gsa_search.__all__:
+            assert inspect.ismodule(getattr(gsa_search, info.name)), info.name
+        module = importlib.import_module(f"gsa_search.{info.name}")
+        assert inspect.ismodule(module)

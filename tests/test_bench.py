@@ -69,7 +69,7 @@ def test_list_models_prints_the_zoo(capsys):
 
 def test_count_flops_is_what_the_trainer_reports():
     from gsa_search.models import create_model
-    from gsa_search.train import Recipe, train
+    from gsa_search.trainer import Recipe, train
     from gsa_search.data import load_dataset
 
     data = load_dataset("synthetic", num_samples=32, num_classes=3, image_size=8, in_channels=1)

@@ -1,4 +1,4 @@
-"""Tests for gsa_search.train: the recipe, the schedule, evaluation and ``train()`` end to end.
+"""Tests for gsa_search.trainer: the recipe, the schedule, evaluation and ``train()`` end to end.
 
 Everything runs on CPU with tiny models (two one-block stages, 8 channels) on tiny data (64 train /
 16 val synthetic 8x8 images, or a handful of PNGs), so the whole file takes a few seconds.
@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 import gsa_search.data as data_mod
 import gsa_search.device as device_mod
-import gsa_search.train as train_mod
+import gsa_search.trainer as train_mod
 from gsa_search.blocks import block_config
 from gsa_search import metrics as M
 from gsa_search.data import DatasetBundle, load_dataset
@@ -40,7 +40,7 @@ from gsa_search.models import (
     model_config_from_dict,
     register_backbone,
 )
-from gsa_search.train import (
+from gsa_search.trainer import (
     DivergenceError,
     OutOfMemoryError,
     Pruned,
