@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import sys
+import random
 import time
 import warnings
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any, Callable
 import numpy as np
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 import search_spaces
 from gsa_search import metrics as M
@@ -109,19 +111,25 @@ def create_storage(settings: SearchSettings) -> optuna.storages.BaseStorage:
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(url)
-    try:
-        with warnings.catch_warnings():  # heartbeats and the retry callback are marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs={"pool_pre_ping": True},
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-            )
-    except Exception as error:  # sqlalchemy.exc.OperationalError, ImportError of a driver, ...
-        raise UserError(f"cannot open the database {_redact(url)}: {_one_line(error)}; check that the server "
-                        "runs and the URL (user, password, host, port, database) is right") from None
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():  # heartbeats and the retry callback are marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                )
+        except (IntegrityError, ProgrammingError) as error:  # another worker is creating Optuna's tables now
+            if attempt == 5:
+                raise UserError(f"cannot create Optuna's tables in {_redact(url)}: {_one_line(error)}") from None
+            time.sleep(0.2 + random.random())
+        except Exception as error:  # sqlalchemy.exc.OperationalError, ImportError of a driver, ...
+            raise UserError(f"cannot open the database {_redact(url)}: {_one_line(error)}; check that the server "
+                            "runs and the URL (user, password, host, port, database) is right") from None
+    raise AssertionError("unreachable")
 
 
 def _redact(url: str) -> str:
@@ -211,11 +219,20 @@ def _counts(table: Any) -> dict[str, int]:
     return counts
 
 
-def _counted(study: optuna.Study) -> int:
-    """Trials that use up the budget: finished ones plus those running now."""
+class _Surplus(Exception):
+    """A trial started after the budget was used up by other workers (recorded, not counted, not shown)."""
+
+
+def _counted(study: optuna.Study, *, before: int | None = None) -> int:
+    """Trials that use up the budget: finished ones plus those running or queued now (with ``before``,
+    only trials numbered lower)."""
     n = 0
     for t in study.get_trials(deepcopy=False):
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
+        if before is not None and t.number >= before:
+            continue
+        if t.user_attrs.get("status") == "surplus":
+            continue
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING):
             n += 1
         elif t.state == TrialState.FAIL and t.user_attrs.get("status") == "failed":
             n += 1
@@ -265,11 +282,17 @@ class _Objective:
     def __call__(self, trial: optuna.Trial) -> list[float] | float:
         settings = self.settings
         ident = _process.identity()
+        trial.set_user_attr("proc_start", ident["proc_start"])  # before the pid: a pid alone is trusted
         trial.set_user_attr("host", ident["host"])
         trial.set_user_attr("pid", ident["pid"])
-        trial.set_user_attr("proc_start", ident["proc_start"])
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("backend", "optuna")
+        if _counted(trial.study, before=trial.number) >= settings.n_trials:
+            # two workers counted n-1 at the same moment: trial numbers are assigned atomically, so
+            # exactly the later one steps back without training
+            trial.set_user_attr("status", "surplus")
+            trial.set_user_attr("reason", "the study reached its trial budget while this trial started")
+            raise _Surplus()
         curve: list[float] = []
 
         def fail(status: str, reason: str) -> None:
@@ -319,6 +342,8 @@ class _Objective:
         except KeyboardInterrupt:
             fail("interrupted", "interrupted by the user (Ctrl-C) while training; it will run again on resume")
             raise
+        except _Surplus:
+            raise
         except InvalidConfig as error:
             fail("failed", f"invalid config: {error}")
             raise
@@ -346,8 +371,14 @@ def _quiet_optuna() -> None:
 
 
 def _save(study: optuna.Study, study_dir: Path) -> Any:
-    table = results(study)
-    save_results(table, study_dir)
+    """Read the study and write its table under a lock, so an older snapshot never lands last."""
+    import fcntl
+
+    study_dir.mkdir(parents=True, exist_ok=True)
+    with open(study_dir / ".trials.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        table = results(study)
+        save_results(table, study_dir)
     return table
 
 
@@ -365,7 +396,7 @@ def run_worker(settings: SearchSettings, worker: int = 0, *, on_trial: Callable[
         if on_trial is not None:
             on_trial(table)
 
-    while _counted(study) < settings.n_trials:
+    while _counted(study) < settings.n_trials or study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[after_trial], gc_after_trial=False)
 
 

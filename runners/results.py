@@ -136,6 +136,8 @@ def optuna_rows(trials: Iterable[Any]) -> list[dict[str, Any]]:
     rows = []
     for t in trials:
         attrs = t.user_attrs
+        if attrs.get("status") == "surplus":  # started after the budget was used up; never trained
+            continue
         state = _optuna_state(t)
         reason = attrs.get("reason", "")
         if state == "died" and not reason:

@@ -95,6 +95,7 @@ def test_a_fixed_seed_reproduces_the_sequence(tmp_path):
     assert params("a", 7) != params("c", 8)
 
 
+@pytest.mark.slow
 def test_single_objective_pruning_is_fed_by_the_training_hook(tmp_path):
     space = _space_file(tmp_path, """
         from gsa_search.models import model_config
@@ -106,15 +107,15 @@ def test_single_objective_pruning_is_fed_by_the_training_hook(tmp_path):
             return TrialConfig(model=model_config("proxy_resnet", width_multiplier=0.5), recipe={"lr": lr})
     """)
     settings = _settings(tmp_path, space=space, n_trials=4, study="prune", objectives=("accuracy",), pruner="median",
-                         dataset="digits", image_size=8, dataset_options={}, recipe={"epochs": 5, "device": "cpu"})
+                         dataset="digits", image_size=16, dataset_options={}, recipe={"epochs": 4, "device": "cpu"})
     result = run_search(settings, progress=False)
     table = result.table.set_index("trial")
     assert list(table["state"]) == ["complete", "complete", "complete", "pruned"]
     assert "median pruner" in table.loc[3, "reason"]
-    assert 3 <= table.loc[3, "epochs_run"] < 5  # pruned after the warm-up, before the end
+    assert table.loc[3, "epochs_run"] == 3  # pruned at the first step after the 2-epoch warm-up
     assert len(json.loads(table.loc[3, "curve"])) == table.loc[3, "epochs_run"]
     trial = _study(settings).trials[0]
-    assert sorted(trial.intermediate_values) == [0, 1, 2, 3, 4]
+    assert sorted(trial.intermediate_values) == [0, 1, 2, 3]
 
 
 def test_ctrl_c_records_the_running_trial_and_resume_finishes(tmp_path):
@@ -172,3 +173,17 @@ def test_unreachable_database_leaves_no_folder(tmp_path):
     with pytest.raises(UserError, match="cannot open the database .*u:\\*\\*\\*@127.0.0.1:1"):
         run_search(settings, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_trial_started_after_the_budget_steps_back(tmp_path):
+    """Two workers that both counted n-1 start one trial each: the later-numbered one does not train."""
+    from runners.optuna_runner import _Objective, open_study, results
+
+    settings = _settings(tmp_path, n_trials=1, study="surplus")
+    run_search(settings, progress=False)
+    study = open_study(settings, create_storage(settings))
+    study.optimize(_Objective(settings, worker=1), n_trials=1, catch=(Exception,))  # what the racing worker does
+    late = study.trials[-1]
+    assert late.state == optuna.trial.TrialState.FAIL and late.user_attrs["status"] == "surplus"
+    assert "cost" not in late.user_attrs  # stepped back before measuring or training
+    assert len(results(study)) == 1  # not shown, not counted

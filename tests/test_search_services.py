@@ -82,10 +82,6 @@ def test_workers_2_on_postgres(gsa: GsaSearch, postgres_study, tmp_path: Path) -
 
 
 @pytest.mark.service
-@pytest.mark.xfail(strict=True, reason=(
-    "runner bug: create_storage() does not retry when workers create Optuna's tables on an empty "
-    "PostgreSQL database at the same moment (IntegrityError UniqueViolation pg_type_typname_nsp_index), "
-    "and reports it as 'cannot open the database ... check that the server runs'"))
 def test_concurrent_storage_creation_on_a_fresh_postgres_database(fresh_postgres_database) -> None:
     """Workers started together against a new, empty database (separate ``gsa-search`` commands, or
     machines) all open the storage; none fails because another one is creating the tables."""
