@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objectives", default="accuracy", help="comma-separated subset of accuracy,flops,params,latency_ms")
     p.add_argument("--trials", type=_positive_int, default=20, help="trial budget of the study (default %(default)s)")
     p.add_argument("--sampler", default="auto", help="auto (tpe) | tpe | nsga2 | nsga3 | gp | random | grid | bruteforce")
-    p.add_argument("--pruner", default="auto", help="auto (median for one objective, none for several) | none | median | sha | hyperband")
+    p.add_argument("--pruner", default="auto", help="auto (median for one objective, pareto for several) | pareto | none | median | sha | hyperband")
     p.add_argument("--backend", default="optuna", help="optuna")
     p.add_argument("--workers", type=_positive_int, default=1, help="processes on this machine (default 1)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads per worker (default: cores / workers)")

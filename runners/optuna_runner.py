@@ -41,11 +41,12 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 import search_spaces
 from gsa_search import metrics as M
+from gsa_search.pruning import Decision, ParetoPruningRule, TrialRecord
 from gsa_search.trial import Infeasible, InvalidConfig, TrialConfig, run_trial
 
 from . import _process
 from .results import optuna_rows, pareto_front, results_table, save_results
-from .settings import SearchSettings, UserError
+from .settings import SINGLE_OBJECTIVE_PRUNERS, SearchSettings, UserError
 
 __all__ = ["SearchResult", "run_search", "results", "open_study", "create_storage", "make_sampler", "make_pruner"]
 
@@ -160,8 +161,11 @@ def make_sampler(name: str, *, seed: int, n_trials: int, multi_objective: bool) 
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    """``none``, ``median`` (after 2 epochs, once 3 trials finished), ``sha`` or ``hyperband``."""
-    if name == "none":
+    """``none``, ``median`` (after 2 epochs, once 3 trials finished), ``sha`` or ``hyperband``.
+
+    ``pareto`` is not an Optuna pruner (Optuna cannot prune multi-objective trials): the study gets
+    the NopPruner and the objective applies :class:`~gsa_search.pruning.ParetoPruningRule` itself."""
+    if name in ("none", "pareto"):
         return optuna.pruners.NopPruner()
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
@@ -265,6 +269,31 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
 # --- one trial ----------------------------------------------------------------------------------------------
 
 
+def trial_records(trials: Any, *, exclude: int | None = None) -> list[TrialRecord]:
+    """What the Pareto-aware rule knows of a study's trials: cost (measured before training) and the
+    accuracy curve so far, for every complete, pruned or running trial that trained."""
+    records = []
+    for t in trials:
+        if t.number == exclude or t.user_attrs.get("status") == "infeasible" or "cost" not in t.user_attrs:
+            continue
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
+            continue
+        records.append(TrialRecord(key=t.number, cost=t.user_attrs["cost"], curve=list(t.user_attrs.get("curve") or ()),
+                                   finished=t.state != TrialState.RUNNING))
+    return records
+
+
+def pareto_decision(rule: ParetoPruningRule, trial: optuna.Trial, curve: list[float]) -> Decision:
+    """The Optuna adapter of the Pareto-aware rule: this trial against the others in the storage."""
+    if not rule.is_rung(len(curve)):
+        return Decision(prune=False, reason="not a rung")
+    cost = trial.user_attrs.get("cost") or {}
+    me = TrialRecord(key=trial.number, cost=cost, curve=list(curve))
+    others = trial_records(trial.study.get_trials(deepcopy=False), exclude=trial.number)
+    return rule.decide(me, others)
+
+
+
 class _Objective:
     """``study.optimize`` objective: sample, measure, check budgets, train, record."""
 
@@ -275,6 +304,9 @@ class _Objective:
         self.base_recipe = settings.base_recipe()
         self.latency = M.LATENCY_MS in settings.objectives
         self.pruner_name = settings.resolved_pruner()
+        self.pareto = None
+        if self.pruner_name == "pareto" and M.ACCURACY in settings.objectives:
+            self.pareto = ParetoPruningRule(cost_keys=settings.cost_keys(), max_epochs=self.base_recipe.epochs)
 
     def _values(self, metrics: dict[str, float]) -> list[float]:
         return [float(metrics[o]) for o in self.settings.objectives]
@@ -318,7 +350,11 @@ class _Objective:
             def report(epoch: int, metrics: dict[str, float]) -> None:
                 curve.append(float(metrics[M.ACCURACY]))
                 trial.set_user_attr("curve", curve)
-                if not settings.multi_objective and self.pruner_name != "none":
+                if self.pareto is not None:
+                    decision = pareto_decision(self.pareto, trial, curve)
+                    if decision.prune:
+                        raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} by the pareto pruner: {decision.reason}")
+                elif self.pruner_name in SINGLE_OBJECTIVE_PRUNERS:
                     trial.report(float(metrics[M.ACCURACY]), epoch)
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} by the {self.pruner_name} pruner "

@@ -32,7 +32,8 @@ __all__ = [
 
 OBJECTIVES = (M.ACCURACY, M.FLOPS, M.PARAMS, M.LATENCY_MS)
 SAMPLERS = ("auto", "tpe", "nsga2", "nsga3", "gp", "random", "grid", "bruteforce")
-PRUNERS = ("auto", "none", "median", "sha", "hyperband")
+PRUNERS = ("auto", "none", "median", "sha", "hyperband", "pareto")
+SINGLE_OBJECTIVE_PRUNERS = ("median", "sha", "hyperband")
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
@@ -123,7 +124,11 @@ class SearchSettings:
     def resolved_pruner(self) -> str:
         if self.pruner != "auto":
             return self.pruner
-        return "none" if self.multi_objective else "median"
+        return "pareto" if self.multi_objective else "median"
+
+    def cost_keys(self) -> tuple[str, ...]:
+        """The costs the Pareto-aware pruner compares: the search's cost objectives, else FLOPs."""
+        return tuple(o for o in self.objectives if o != M.ACCURACY) or (M.FLOPS,)
 
     def threads_per_worker(self) -> int:
         if self.threads is not None:
@@ -194,9 +199,9 @@ class SearchSettings:
         if self.pruner not in PRUNERS:
             raise UserError(f"unknown pruner {self.pruner!r}{suggest(self.pruner, list(PRUNERS))} "
                             f"(allowed: {', '.join(PRUNERS)})")
-        if self.multi_objective and self.pruner not in ("auto", "none"):
+        if self.multi_objective and self.pruner in SINGLE_OBJECTIVE_PRUNERS:
             raise UserError(f"--pruner {self.pruner} prunes on one objective; this search has "
-                            f"{len(objectives)} ({','.join(objectives)}): use --pruner none")
+                            f"{len(objectives)} ({','.join(objectives)}): use --pruner pareto or none")
         if self.backend not in ("optuna",):
             raise UserError(f"unknown backend {self.backend!r} (allowed: optuna)")
         for name, value in (("--max-flops", self.max_flops), ("--max-params", self.max_params)):

@@ -187,3 +187,28 @@ def test_a_trial_started_after_the_budget_steps_back(tmp_path):
     assert late.state == optuna.trial.TrialState.FAIL and late.user_attrs["status"] == "surplus"
     assert "cost" not in late.user_attrs  # stepped back before measuring or training
     assert len(results(study)) == 1  # not shown, not counted
+
+
+@pytest.mark.slow
+def test_multi_objective_search_prunes_with_the_pareto_rule(tmp_path):
+    """Optuna cannot prune multi-objective trials; the Pareto-aware rule stops a trial that cheaper-or-
+    equal trials beat at the same epoch, and the pruned trial keeps its partial curve and cost."""
+    space = _space_file(tmp_path, """
+        from gsa_search.models import model_config
+        from gsa_search.trial import TrialConfig
+
+        def space(trial):
+            lr = 3e-3 if trial.number < 3 else 1e-9   # same model (same FLOPs); the last cannot learn
+            return TrialConfig(model=model_config("proxy_resnet", width_multiplier=0.5), recipe={"lr": lr})
+    """)
+    settings = _settings(tmp_path, space=space, n_trials=4, study="pareto", objectives=("accuracy", "flops"),
+                         dataset="digits", image_size=16, dataset_options={}, recipe={"epochs": 3, "device": "cpu"})
+    assert settings.resolved_pruner() == "pareto"  # the default for multi-objective searches
+    result = run_search(settings, progress=False)
+    table = result.table.set_index("trial")
+    assert list(table["state"]) == ["complete", "complete", "complete", "pruned"]
+    assert table.loc[3, "epochs_run"] == 2  # the first rung, after the 2-epoch grace period
+    assert "pareto pruner" in table.loc[3, "reason"] and "equal or lower flops" in table.loc[3, "reason"]
+    assert table.loc[3, "flops"] == table.loc[0, "flops"] and len(json.loads(table.loc[3, "curve"])) == 2
+    assert sorted(result.front["trial"]) == sorted(result.front["trial"].unique())
+    assert 3 not in set(result.front["trial"])  # the front is computed from completed trials only

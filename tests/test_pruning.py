@@ -393,8 +393,26 @@ def test_bench_main_replays_saved_tables(tmp_path, capsys):
     assert bench_pruning.main(["--replay-only", *paths, "--reports-dir", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "method:" in out and "reference point (accuracy 0, FLOPs 1.1 x" in out and "leave one seed out" in out
+    assert "best hv ratio each family reaches within a compute budget" in out
     summary = pd.read_csv(tmp_path / "out" / "bench_pruning.csv")
     none = summary[summary["rule"] == "none"].iloc[0]
     assert none["hv_mean"] == pytest.approx(1.0) and none["compute_mean"] == pytest.approx(1.0)
     assert {"ours", "moasha", "moasha-literal"} <= set(summary["family"])
     assert (summary["compute_mean"] <= 1.0 + 1e-12).all() and (summary["hv_mean"] <= 1.0 + 1e-12).all()
+
+
+def test_choose_default_prefers_targets_then_worst_seed():
+    from runners.bench_pruning import choose_default, closest_moasha
+
+    summary = pd.DataFrame([
+        {"rule": "none", "family": "none", "hv_mean": 1.0, "hv_min": 1.0, "compute_mean": 1.0},
+        {"rule": "ours a", "family": "ours", "hv_mean": 0.99, "hv_min": 0.96, "compute_mean": 0.5},
+        {"rule": "ours b", "family": "ours", "hv_mean": 0.98, "hv_min": 0.97, "compute_mean": 0.55},
+        {"rule": "ours c", "family": "ours", "hv_mean": 1.0, "hv_min": 1.0, "compute_mean": 0.7},
+        {"rule": "moasha x", "family": "moasha", "hv_mean": 0.9, "hv_min": 0.9, "compute_mean": 0.3},
+        {"rule": "moasha y", "family": "moasha", "hv_mean": 0.95, "hv_min": 0.9, "compute_mean": 0.52},
+    ])
+    assert choose_default(summary) == ("ours b", True)
+    assert closest_moasha(summary, 0.55) == "moasha y"
+    missed = summary.assign(hv_mean=lambda d: d["hv_mean"] - 0.2)
+    assert choose_default(missed) == ("ours a", False)  # best hv at compute <= 0.6, targets missed
