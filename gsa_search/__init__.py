@@ -29,7 +29,15 @@ from .blocks import (
 )
 from .data import DatasetBundle, DatasetError, list_datasets, load_dataset, register_dataset
 from .device import resolve_device
-from .measure import analytic_flops, count_flops, count_params, flops_breakdown, measure_latency, model_flops
+from .measure import (
+    analytic_flops,
+    count_flops,
+    count_params,
+    flops_breakdown,
+    measure_latency,
+    model_flops,
+    model_macs,
+)
 from .models import (
     BackboneConfig,
     ModelConfig,
@@ -42,6 +50,7 @@ from .models import (
     register_backbone,
     register_model,
 )
+from . import stats
 from .pareto import pareto_mask
 from .trainer import DivergenceError, OutOfMemoryError, Recipe, TrainError, train
 from .trial import Budgets, Infeasible, InvalidConfig, TrialConfig, run_trial
@@ -85,6 +94,7 @@ __all__ = [
     "model_config",
     "model_config_from_dict",
     "model_flops",
+    "model_macs",
     "pareto_mask",
     "register_backbone",
     "register_block",
@@ -92,5 +102,6 @@ __all__ = [
     "register_model",
     "resolve_device",
     "run_trial",
+    "stats",
     "train",
 ]

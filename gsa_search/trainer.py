@@ -52,7 +52,7 @@ from .config import (
     normalize_numbers,
 )
 from .device import resolve_device
-from .measure import count_params, model_flops
+from .measure import count_params, model_macs
 from .models import BackboneConfig, build_model, model_config_from_dict
 
 __all__ = [
@@ -343,7 +343,7 @@ def train(
     with _seeded(recipe.seed, device):  # the caller's global RNG states are restored on exit
         model = build_model(model_cfg).to(device)
         params = count_params(model)
-        flops = model_flops(model_cfg, (1, data.in_channels, data.image_size, data.image_size)).per_image
+        flops = model_macs(model_cfg, (1, data.in_channels, data.image_size, data.image_size))
         memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
         model = model.to(memory_format=memory_format)
         optimizer = build_optimizer(model, recipe)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 from . import metrics as M
 from .config import ConfigMixin
 from .data import DatasetBundle, load_dataset
-from .measure import measure_latency, model_flops, model_params
+from .measure import measure_latency, model_macs, model_params
 from .models import build_model, model_config_from_dict
 from .trainer import Recipe, train
 
@@ -171,7 +171,7 @@ def trial_cost(model_cfg: Any, data: DatasetBundle, *, latency: bool = False, de
     with ``latency`` also ``latency_ms``: median eval-mode forward time of one image on ``device``."""
     shape = (1, data.in_channels, data.image_size, data.image_size)
     try:
-        cost: dict[str, float] = {M.FLOPS: model_flops(model_cfg, shape).per_image, M.PARAMS: model_params(model_cfg)}
+        cost: dict[str, float] = {M.FLOPS: model_macs(model_cfg, shape), M.PARAMS: model_params(model_cfg)}
     except ValueError as error:  # the block builder rejects a combination only when building
         raise InvalidConfig(str(error)) from None
     if latency:

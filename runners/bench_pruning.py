@@ -57,6 +57,7 @@ __all__ = [
     "summarize",
     "choose_default",
     "frontier",
+    "leave_one_seed_out",
     "main",
     "OURS_GRID",
     "MOASHA_GRID",
@@ -152,6 +153,9 @@ def load_recorded(path: str | Path) -> tuple[list[Recorded], dict[str, Any]]:
     flops = pd.to_numeric(table["flops"], errors="coerce")
     meta = {"path": str(path), "trials": int(len(table)), "used": len(out), "skipped": skipped,
             "max_flops": float(flops.max()), "epochs": max((len(t.curve) for t in out), default=0)}
+    settings = Path(path) / "search.json"
+    if settings.is_file():  # a study folder written by the runner: name the run by its seed
+        meta["seed"] = json.loads(settings.read_text()).get("seed")
     return out, meta
 
 
@@ -355,7 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [METHOD]
     if args.replay_only:
         for i, path in enumerate(args.replay_only):
-            runs[f"{i}:{Path(path).name}"] = load_recorded(path)
+            trials, meta = load_recorded(path)
+            label = meta.get("seed")
+            runs[label if label is not None and label not in runs else f"{i}:{Path(path).name}"] = (trials, meta)
         lines.append("replayed saved tables: " + ", ".join(args.replay_only))
     else:
         for seed in args.seeds:

@@ -55,6 +55,33 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _non_negative_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    value = _non_negative_number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _option_value(text: str) -> Any:
     for cast in (int, float):
         try:
@@ -175,18 +202,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports/bench")
 
     p = sub.add_parser("search", parents=[output, data, recipe], help="run or resume a search",
-                       description="Run a search over a space with Optuna; re-running the same command resumes it.",
+                       description="Run a search over a space with Optuna (default) or Ray Tune (--backend ray); "
+                                   "re-running the same command resumes it.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Examples:\n"
                               "  gsa-search search --space gsa_block_v1 --objectives accuracy,flops --trials 20\n"
                               "  gsa-search search --space my_space.py:space --trials 50 --workers 2 \\\n"
-                              "      --storage postgresql+psycopg://user:pw@db:5432/optuna --study shared")
+                              "      --storage postgresql+psycopg://user:pw@db:5432/optuna --study shared\n"
+                              "  gsa-search search --backend ray --address 127.0.0.1:6379 --objectives accuracy,flops \\\n"
+                              "      --trials 50 --gpus-per-trial 0.5")
     p.add_argument("--space", default="gsa_block_v1", help="registered space (see `gsa-search list spaces`) or FILE.py:FUNCTION")
     p.add_argument("--objectives", default="accuracy", help="comma-separated subset of accuracy,flops,params,latency_ms")
     p.add_argument("--trials", type=_positive_int, default=20, help="trial budget of the study (default %(default)s)")
     p.add_argument("--sampler", default="auto", help="auto (tpe) | tpe | nsga2 | nsga3 | gp | random | grid | bruteforce")
-    p.add_argument("--pruner", default="auto", help="auto (median for one objective, pareto for several) | pareto | none | median | sha | hyperband")
-    p.add_argument("--backend", default="optuna", help="optuna")
+    p.add_argument("--pruner", default="auto", help="auto (one objective: median with optuna, asha with ray; several: "
+                                                     "pareto) | pareto | none | median | sha | hyperband (optuna) | asha (ray)")
+    p.add_argument("--backend", default="optuna", help="optuna (default: in-process, --workers) | ray (Ray Tune on a "
+                                                       "local or running cluster)")
     p.add_argument("--workers", type=_positive_int, default=1, help="processes on this machine (default 1)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads per worker (default: cores / workers)")
     p.add_argument("--storage", default=None, help="SQLAlchemy URL (postgresql+psycopg://...) or journal:PATH; default: SQLite in the study folder")
@@ -194,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-params", type=_number, default=None, help="budget in parameters, e.g. 400k")
     p.add_argument("--study", default=None, help="study name and folder reports/NAME (default: from space, dataset, objectives)")
     p.add_argument("--reports-dir", default="reports", help="where study folders live (default %(default)s)")
+    ray_group = p.add_argument_group("Ray backend (--backend ray)")
+    ray_group.add_argument("--address", default=None, metavar="HOST:PORT",
+                           help="join a running Ray cluster (started with `ray start --head`); default: a local cluster")
+    ray_group.add_argument("--cpus-per-trial", type=_positive_number, default=None, help="CPUs per trial (default 1)")
+    ray_group.add_argument("--gpus-per-trial", type=_non_negative_number, default=None,
+                           help="GPUs per trial, fractions allowed (default 1 when CUDA is present, else 0)")
+    ray_group.add_argument("--max-failures", type=_non_negative_int, default=None,
+                           help="restarts of a trial whose worker died (default 3)")
 
     p = sub.add_parser("demo", parents=[output], help="the main job on the bundled digits data",
                        description="A small multi-objective accuracy/FLOPs search over gsa_block_v1 on digits "
@@ -339,7 +379,8 @@ def _search_settings(args: argparse.Namespace) -> Any:
         pruner=args.pruner, seed=seed, storage=args.storage, workers=args.workers, threads=args.threads,
         max_flops=args.max_flops, max_params=args.max_params, dataset=args.dataset, data_dir=args.data_dir,
         image_size=args.image_size, dataset_options=_key_values(args.dataset_option, "--dataset-option"),
-        recipe=recipe, reports_dir=args.reports_dir, backend=args.backend,
+        recipe=recipe, reports_dir=args.reports_dir, backend=args.backend, address=args.address,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, max_failures=args.max_failures,
     )  # fmt: skip
 
 
@@ -370,9 +411,14 @@ def _front_text(result: Any) -> str:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from .optuna_runner import run_search
+    settings = _search_settings(args)
+    if settings.backend == "ray":
+        settings.validate()  # before importing Ray (a second or two)
+        from .ray_runner import run_ray_search as run_search
+    else:
+        from .optuna_runner import run_search
 
-    result = run_search(_search_settings(args), progress=not args.quiet and not args.json)
+    result = run_search(settings, progress=not args.quiet and not args.json)
     _emit(args, result.to_json(), _front_text(result))
     if result.interrupted:
         print("interrupted: re-run the same command to resume", file=sys.stderr)

@@ -36,6 +36,7 @@ __all__ = [
     "save_results",
     "load_results",
     "optuna_rows",
+    "ray_rows",
     "pareto_front",
 ]
 
@@ -166,5 +167,105 @@ def optuna_rows(trials: Iterable[Any]) -> list[dict[str, Any]]:
             "config": json.dumps(attrs.get("config")) if attrs.get("config") is not None else None,
         }
         row.update({f"param_{k}": v for k, v in t.params.items()})
+        rows.append(row)
+    return rows
+
+
+# --- Ray Tune -----------------------------------------------------------------------------------------
+
+RAY_TRIAL_KEY = "gsa_trial"  # the trial number in a Ray trial's config and results (runners.ray_scheduler.TRIAL_KEY)
+
+
+def _maybe_json(value: Any, default: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return default
+    return default if value is None else value
+
+
+def _iso(timestamp: Any) -> str | None:
+    if timestamp is None or (isinstance(timestamp, float) and timestamp != timestamp):
+        return None
+    from datetime import datetime
+
+    return datetime.fromtimestamp(float(timestamp)).isoformat()
+
+
+def _ray_state(status: str | None, reported: str | None, pruned: str | None, error: str | None) -> tuple[str, str]:
+    """``(state, reason)`` of a Ray trial from Ray's status, the last reported ``status`` and the
+    scheduler's recorded stop decision."""
+    if reported in ("complete", "infeasible", "failed"):
+        return reported, ""
+    if reported == "training" and pruned and status == "TERMINATED":
+        return "pruned", pruned
+    if status == "ERROR":
+        line = " ".join(str(error or "").split())[:500]
+        return "died", (f"the trial's worker died and its retries were used up ({line}); re-running the "
+                        "command resumes it" if line else "the trial's worker died; re-running the command resumes it")
+    if status == "RUNNING":
+        return "running", ""
+    if status in ("PENDING", "PAUSED"):
+        if reported is None:
+            return "waiting", ""
+        return "interrupted", "stopped before it finished (driver interrupted or restarted); it runs again on resume"
+    return "interrupted", "stopped before it finished (the search was interrupted); it runs again on resume"
+
+
+def ray_rows(trials: Iterable[Mapping[str, Any]], decisions: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Rows of the results table from Ray Tune trials (what the Ray runner stores).
+
+    Each trial is a mapping with ``trial_id``, ``status`` (Ray's: ``PENDING``, ``RUNNING``,
+    ``TERMINATED``, ``ERROR``, ``PAUSED``), ``config`` (Ray's flat parameter dict, with the trial
+    number under ``gsa_trial``), ``last_result`` (the last reported result: the Ray runner's
+    trainable reports ``status``, ``reason``, the metrics, ``cost``, ``curve`` and ``config`` as JSON
+    text, ``host``/``pid`` and ISO start/end times in every result) and ``error`` (Ray's error text or
+    ``None``); ``decisions`` maps a trial number (as text) to the reason a scheduler stopped it.
+    Taken from ``ExperimentAnalysis.trials`` / a ``ResultGrid`` by ``runners.ray_runner``.
+    """
+    decisions = dict(decisions or {})
+    rows = []
+    for t in trials:
+        config = dict(t.get("config") or {})
+        last = dict(t.get("last_result") or {})
+        number = config.get(RAY_TRIAL_KEY, last.get("trial"))
+        reported = last.get("status") if last.get("status") in ("training", "complete", "infeasible", "failed") else None
+        state, reason = _ray_state(t.get("status"), reported, decisions.get(str(number)), t.get("error"))
+        if state in ("complete", "infeasible", "failed"):
+            reason = last.get("reason") or reason
+        metrics: dict[str, Any] = {}
+        if state in ("complete", "infeasible"):  # as optuna_rows: other trials show their cost only
+            metrics = {m: last.get(m) for m in METRIC_COLUMNS if last.get(m) is not None}
+        if reported is not None:
+            for key, value in (_maybe_json(last.get("cost"), {}) or {}).items():
+                metrics.setdefault(key, value)
+        curve = _maybe_json(last.get("curve"), []) if reported is not None else []
+        start = last.get("datetime_start") if reported is not None else None
+        finished = state in ("complete", "infeasible", "failed", "pruned")
+        complete = (last.get("datetime_complete") or _iso(last.get("timestamp"))) if finished else None
+        duration = np.nan
+        if start and complete:
+            from datetime import datetime
+
+            duration = (datetime.fromisoformat(complete) - datetime.fromisoformat(start)).total_seconds()
+        config_json = last.get("trial_config") if reported is not None else None
+        row: dict[str, Any] = {
+            "trial": number,
+            "state": state,
+            "reason": reason,
+            **{m: metrics.get(m, np.nan) for m in METRIC_COLUMNS},
+            "curve": json.dumps(curve),
+            "epochs_run": len(curve),
+            "duration_s": duration,
+            "datetime_start": start,
+            "datetime_complete": complete,
+            "worker": t.get("trial_id"),
+            "host": last.get("host") if reported is not None else None,
+            "pid": last.get("pid") if reported is not None else None,
+            "backend": "ray",
+            "config": config_json if isinstance(config_json, str) or config_json is None else json.dumps(config_json),
+        }
+        row.update({f"param_{k}": v for k, v in config.items() if k != RAY_TRIAL_KEY})
         rows.append(row)
     return rows

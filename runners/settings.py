@@ -2,7 +2,10 @@
 
 Status: stable. :class:`SearchSettings` is backend-neutral (the Optuna and Ray runners take the same
 object); :meth:`SearchSettings.validate` rejects bad input with :class:`UserError` (one line naming
-the option and what is allowed) before a study folder, database or process exists.
+the option and what is allowed) before a study folder, database or process exists. The Ray backend
+(``backend="ray"``) adds ``address`` (join a running cluster, ``HOST:PORT``), ``cpus_per_trial``,
+``gpus_per_trial`` (fractional allowed) and ``max_failures``; they are refused with the Optuna
+backend, as Optuna's ``storage``/``workers`` are with Ray.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ __all__ = [
     "OBJECTIVES",
     "SAMPLERS",
     "PRUNERS",
+    "BACKENDS",
+    "RAY_PRUNERS",
     "default_recipe",
     "default_image_size",
     "suggest",
@@ -32,8 +37,13 @@ __all__ = [
 
 OBJECTIVES = (M.ACCURACY, M.FLOPS, M.PARAMS, M.LATENCY_MS)
 SAMPLERS = ("auto", "tpe", "nsga2", "nsga3", "gp", "random", "grid", "bruteforce")
-PRUNERS = ("auto", "none", "median", "sha", "hyperband", "pareto")
-SINGLE_OBJECTIVE_PRUNERS = ("median", "sha", "hyperband")
+PRUNERS = ("auto", "none", "median", "sha", "hyperband", "asha", "pareto")
+SINGLE_OBJECTIVE_PRUNERS = ("median", "sha", "hyperband", "asha")
+BACKENDS = ("optuna", "ray")
+OPTUNA_PRUNERS = ("auto", "none", "median", "sha", "hyperband", "pareto")
+RAY_PRUNERS = ("auto", "none", "asha", "pareto")  # asha: Ray's ASHAScheduler; pareto: ray_scheduler.ParetoScheduler
+DEFAULT_MAX_FAILURES = 3  # Ray: restarts of a trial whose worker died (Optuna's RDB retry count is 3 too)
+_ADDRESS = re.compile(r"(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
@@ -87,6 +97,10 @@ class SearchSettings:
     recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
     reports_dir: str = "reports"
     backend: str = "optuna"
+    address: str | None = None
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
+    max_failures: int | None = None
 
     # --- derived -------------------------------------------------------------------------------------
 
@@ -124,7 +138,33 @@ class SearchSettings:
     def resolved_pruner(self) -> str:
         if self.pruner != "auto":
             return self.pruner
+        if self.backend == "ray":
+            if M.ACCURACY not in self.objectives:
+                return "none"
+            return "pareto" if self.multi_objective else "asha"
         return "pareto" if self.multi_objective else "median"
+
+    # --- Ray -------------------------------------------------------------------------------------------
+
+    def resolved_cpus_per_trial(self) -> float:
+        return 1.0 if self.cpus_per_trial is None else float(self.cpus_per_trial)
+
+    def resolved_gpus_per_trial(self) -> float:
+        """``gpus_per_trial``, else 1 when this machine has CUDA and 0 otherwise."""
+        if self.gpus_per_trial is not None:
+            return float(self.gpus_per_trial)
+        import torch
+
+        return 1.0 if torch.cuda.is_available() else 0.0
+
+    def resolved_max_failures(self) -> int:
+        return DEFAULT_MAX_FAILURES if self.max_failures is None else int(self.max_failures)
+
+    def ray_threads(self) -> int:
+        """Torch threads of one Ray trial: ``threads``, else its CPUs (at least 1)."""
+        if self.threads is not None:
+            return self.threads
+        return max(1, int(self.resolved_cpus_per_trial()))
 
     def cost_keys(self) -> tuple[str, ...]:
         """The costs the Pareto-aware pruner compares: the search's cost objectives, else FLOPs."""
@@ -202,8 +242,10 @@ class SearchSettings:
         if self.multi_objective and self.pruner in SINGLE_OBJECTIVE_PRUNERS:
             raise UserError(f"--pruner {self.pruner} prunes on one objective; this search has "
                             f"{len(objectives)} ({','.join(objectives)}): use --pruner pareto or none")
-        if self.backend not in ("optuna",):
-            raise UserError(f"unknown backend {self.backend!r} (allowed: optuna)")
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown backend {self.backend!r}{suggest(self.backend, list(BACKENDS))} "
+                            f"(allowed: {', '.join(BACKENDS)})")
+        self._validate_backend_options()
         for name, value in (("--max-flops", self.max_flops), ("--max-params", self.max_params)):
             if value is not None and not value > 0:
                 raise UserError(f"{name} must be a positive number, got {value!r}")
@@ -228,6 +270,49 @@ class SearchSettings:
         self._validate_storage()
         json.dumps(self.identity(), default=str)
         return self
+
+    def _validate_backend_options(self) -> None:
+        ray_options = {"--address": self.address, "--cpus-per-trial": self.cpus_per_trial,
+                       "--gpus-per-trial": self.gpus_per_trial, "--max-failures": self.max_failures}
+        if self.backend != "ray":
+            for flag, value in ray_options.items():
+                if value is not None:
+                    raise UserError(f"{flag} is an option of the Ray backend: add --backend ray")
+            if self.pruner not in OPTUNA_PRUNERS:
+                raise UserError(f"--pruner {self.pruner} needs --backend ray (with Optuna use "
+                                f"{', '.join(p for p in OPTUNA_PRUNERS if p != 'auto')})")
+            return
+        if self.storage is not None:
+            raise UserError("--storage is an option of the Optuna backend; with --backend ray the experiment is "
+                            f"stored in {self.study_dir / 'ray'}")
+        if self.workers != 1:
+            raise UserError("--workers is an option of the Optuna backend; with --backend ray as many trials run at "
+                            "once as the cluster's CPUs/GPUs allow (see --cpus-per-trial, --gpus-per-trial)")
+        if self.pruner not in RAY_PRUNERS:
+            raise UserError(f"--pruner {self.pruner} is an Optuna pruner; with --backend ray use "
+                            f"{', '.join(p for p in RAY_PRUNERS if p != 'auto')}")
+        if self.address is not None:
+            address = str(self.address).strip()
+            match = _ADDRESS.fullmatch(address)
+            if address != "auto" and (not match or not 0 < int(match.group("port")) < 65536):
+                raise UserError(f"--address {self.address!r} is not HOST:PORT (e.g. 127.0.0.1:6379, the address "
+                                "`ray start --head` prints) or auto")
+        for flag, value, least in (("--cpus-per-trial", self.cpus_per_trial, 0.0),
+                                   ("--gpus-per-trial", self.gpus_per_trial, 0.0)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value == value or value < least \
+                    or value == float("inf"):
+                raise UserError(f"{flag} must be a number >= 0, got {value!r}")
+        if self.cpus_per_trial is not None and not self.cpus_per_trial > 0:
+            raise UserError(f"--cpus-per-trial must be a positive number, got {self.cpus_per_trial!r}")
+        gpus = self.gpus_per_trial
+        if gpus is not None and gpus > 1 and gpus != int(gpus):
+            raise UserError(f"--gpus-per-trial {gpus:g}: a fraction must be below 1 (GPUs shared by several trials); "
+                            "more than one GPU per trial must be a whole number")
+        failures = self.max_failures
+        if failures is not None and (isinstance(failures, bool) or not isinstance(failures, int) or failures < 0):
+            raise UserError(f"--max-failures must be an integer >= 0, got {failures!r}")
 
     def _validate_storage(self) -> None:
         url = self.storage

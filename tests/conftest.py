@@ -22,3 +22,4 @@ def native_kernel():
 
 # Fixtures for real services (PostgreSQL) and for `gsa-search` run as processes: see tests/services.py.
 from services import fresh_postgres_database, gsa, postgres_study, postgres_url, study_name  # noqa: E402,F401
+from services import ray_address  # noqa: E402,F401

@@ -358,3 +358,45 @@ def wait_until(condition: Callable[[], Any], *, timeout: float, interval: float 
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}"
                         + (f"\n{alive.describe()}" if alive is not None else ""), pytrace=False)
         time.sleep(interval)
+
+
+# --- Ray: a head started with `ray start --head` on loopback ------------------------------------------------
+
+__all__ += ["RAY_ENV", "DEFAULT_RAY_ADDRESS", "ray_problem", "ray_address"]
+
+RAY_ENV = "GSA_SEARCH_TEST_RAY"
+DEFAULT_RAY_ADDRESS = "127.0.0.1:6380"
+
+_HOW_TO_START_RAY = (
+    "start one with `.venv/bin/ray get-auth-token --generate >/dev/null && RAY_AUTH_MODE=token "
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 .venv/bin/ray start --head --node-ip-address=127.0.0.1 --port=6380 "
+    f"--num-cpus=2 --include-dashboard=false --disable-usage-stats` (see .ci/run), or point {RAY_ENV} at a "
+    "running head (HOST:PORT)"
+)
+
+
+@functools.lru_cache(maxsize=None)
+def ray_problem(address: str) -> str | None:
+    """Why no Ray head answers at ``address`` (one line), or ``None`` when its GCS port accepts a
+    connection."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+@pytest.fixture
+def ray_address() -> str:
+    """``HOST:PORT`` of a running Ray head (``GSA_SEARCH_TEST_RAY``, default 127.0.0.1:6380); skip, or
+    fail with ``CI=true``, when none answers. (The Ray runner itself turns on token authentication
+    when a token is present and keeps a loopback address on loopback.)"""
+    address = os.environ.get(RAY_ENV) or DEFAULT_RAY_ADDRESS
+    problem = ray_problem(address)
+    if problem is not None:
+        unavailable(f"no Ray head at {address} ({RAY_ENV}): {problem}; {_HOW_TO_START_RAY}")
+    return address

@@ -283,3 +283,32 @@ def test_model_config_rejects_a_mixer_feature_size_it_would_ignore():
     model = create_model("proxy_gsa_resnet", image_size=64)
     assert all(m.feature_size is None for m in model.cfg.mixers)
     assert [stage[0].mixer.cfg.feature_size for stage in model.stages] == [64, 64, 32, 16]
+
+
+@pytest.mark.parametrize(
+    ("name", "image_size"),
+    [(name, 9) for name in list_models()] + [(name, 32) for name in list_models("proxy_*")],
+)
+def test_closed_form_flops_equal_the_traced_count(name, image_size):
+    from gsa_search.measure import count_flops, model_macs
+
+    cfg = model_config(name, image_size=image_size, num_classes=7, in_channels=2)
+    traced = count_flops(build_model(cfg), (1, 2, image_size, image_size)).per_image
+    assert cfg.flops() == traced
+    assert model_macs(cfg, (1, 2, image_size, image_size)) == traced
+
+
+def test_closed_form_flops_equal_the_traced_count_on_sampled_search_configs():
+    import optuna
+
+    from gsa_search.measure import count_flops
+    from search_spaces import get_space
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5))
+    for i in range(12):
+        trial = study.ask()
+        config = get_space("gsa_full_v1")(trial)
+        size = (8, 11, 16)[i % 3]
+        cfg = config.model.fit_to_data(num_classes=10, in_channels=1, image_size=size)
+        assert cfg.flops() == count_flops(build_model(cfg), (1, 1, size, size)).per_image, trial.params
+        study.tell(trial, 0.0)

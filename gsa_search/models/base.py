@@ -78,6 +78,12 @@ class BackboneConfig(ConfigMixin):
             )
         return self.replace(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
 
+    def flops(self) -> int:
+        """Multiply-accumulates of one forward pass on one image of the configured size, in closed
+        form (the convention of :func:`gsa_search.measure.count_flops`, which the tests check it
+        against). Optional: without it, :func:`gsa_search.measure.model_macs` traces the model."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form FLOPs")
+
 
 _BACKBONES: Registry[tuple[type[BackboneConfig], Callable[[Any], nn.Module]]] = Registry("backbone")
 

@@ -98,6 +98,34 @@ class ModelConfig(BackboneConfig):
     def stage_widths(self) -> list[int]:
         return [self.width * 2**i for i in range(len(self.stage_blocks))]
 
+    def flops(self) -> int:
+        """Closed-form MACs per image: stem, every bottleneck (1x1 reduce, the mixer's own formula,
+        1x1 expand, strided 1x1 shortcut) and the classifier; norms, pooling and activations are not
+        counted, as in :func:`~gsa_search.measure.count_flops` (the tests check they agree exactly)."""
+        width = self.width
+        size = self.image_size
+        if self.stem == "cifar":
+            macs = _conv_macs(self.in_channels, width, size, 3)
+        else:
+            size = _half(size)
+            macs = _conv_macs(self.in_channels, width, size, 7)
+        in_channels = width
+        for i, (blocks, stage_width, (size_in, size_out), mixer) in enumerate(
+            zip(self.stage_blocks, self.stage_widths(), stage_feature_sizes(self), self.mixers)
+        ):
+            out_channels = stage_width * self.expansion
+            for j in range(blocks):
+                stride = 2 if (i > 0 and j == 0) else 1
+                block_in = size_in if j == 0 else size_out
+                macs += _conv_macs(in_channels, stage_width, block_in, 1)  # reduce
+                macs += mixer.with_feature_size(block_in).flops(stage_width, stage_width, block_in, block_in,
+                                                               stride=stride)
+                macs += _conv_macs(stage_width, out_channels, size_out, 1)  # expand
+                if stride != 1 or in_channels != out_channels:
+                    macs += _conv_macs(in_channels, out_channels, size_out, 1)  # shortcut
+                in_channels = out_channels
+        return int(macs + in_channels * self.num_classes)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         data = dict(data)
@@ -108,6 +136,11 @@ class ModelConfig(BackboneConfig):
         if "stage_blocks" in data and isinstance(data["stage_blocks"], list):
             data["stage_blocks"] = tuple(data["stage_blocks"])
         return super().from_dict(data)
+
+
+def _conv_macs(in_channels: int, out_channels: int, size: int, kernel: int) -> int:
+    """A square convolution producing ``size`` x ``size`` outputs (bias-free)."""
+    return size * size * out_channels * in_channels * kernel * kernel
 
 
 def _half(size: int) -> int:
