@@ -28,8 +28,8 @@ training and its per-epoch validation accuracy so far, plus the other trials' re
   ranking twice (see :class:`MOASHARule`); by default we implement the rule as its docstrings and
   the paper describe it, and ``syne_tune_literal=True`` reproduces the code as written.
 
-Also :func:`hypervolume_2d`, the exact area dominated by a two-objective front (sort + sweep), which
-the pruning benchmark (``runners/bench_pruning.py``) uses to score what each rule leaves.
+The pruning benchmark (``runners/bench_pruning.py``) scores what each rule leaves with
+:func:`gsa_search.pareto.hypervolume`.
 
 Example:
     >>> rule = ParetoPruningRule(grace_epochs=2, rung_every=1, min_dominators=2, margin=0.02)
@@ -56,7 +56,6 @@ __all__ = [
     "pareto_efficient",
     "epsilon_net_ranks",
     "nondominated_order",
-    "hypervolume_2d",
 ]
 
 
@@ -419,49 +418,3 @@ def _loss(accuracy: float) -> float:
 def moasha_decide(trial: TrialRecord, others: Iterable[TrialRecord], **settings: object) -> Decision:
     """``MOASHARule(**settings).decide(trial, others)``."""
     return MOASHARule(**settings).decide(trial, others)  # type: ignore[arg-type]
-
-
-# --- hypervolume ----------------------------------------------------------------------------------------
-
-
-def hypervolume_2d(points: Sequence[Sequence[float]] | np.ndarray, reference: Sequence[float],
-                   directions: Sequence[str] = ("maximize", "minimize")) -> float:
-    """Exact area dominated by ``points`` (two objectives) and bounded by ``reference``.
-
-    ``directions`` says per objective whether larger or smaller is better (default: accuracy up,
-    FLOPs down). Rows with NaN, and rows not strictly better than the reference in both objectives,
-    add nothing. Sort by the first (minimised) objective, then sweep: each point adds the strip
-    between its second objective and the best one seen so far. ``O(n log n)``.
-
-    Example:
-        >>> hypervolume_2d([[0.9, 2.0], [0.5, 1.0]], reference=[0.0, 4.0])
-        2.3
-    """
-    if len(directions) != 2:
-        raise ValueError(f"hypervolume_2d takes exactly 2 objectives, got directions {list(directions)!r}")
-    signs = []
-    for direction in directions:
-        if direction not in ("maximize", "minimize"):
-            raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
-        signs.append(-1.0 if direction == "maximize" else 1.0)
-    ref = np.asarray(reference, dtype=float).reshape(-1)
-    if ref.shape != (2,) or not np.all(np.isfinite(ref)):
-        raise ValueError(f"reference must be 2 finite numbers, got {reference!r}")
-    values = np.asarray(points, dtype=float)
-    if values.size == 0:
-        return 0.0
-    values = values.reshape(len(values), -1)
-    if values.shape[1] != 2:
-        raise ValueError(f"points must have 2 columns, got shape {values.shape}")
-    sign = np.asarray(signs)
-    pts, ref = values * sign, ref * sign
-    pts = pts[np.all(np.isfinite(pts), axis=1) & np.all(pts < ref, axis=1)]
-    if not len(pts):
-        return 0.0
-    pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))]
-    area, best = 0.0, ref[1]
-    for x, y in pts:
-        if y < best:
-            area += (ref[0] - x) * (best - y)
-            best = y
-    return float(area)

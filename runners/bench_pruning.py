@@ -44,7 +44,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from gsa_search.pruning import MOASHARule, ParetoPruningRule, TrialRecord, hypervolume_2d
+from gsa_search.pareto import hypervolume
+from gsa_search.pruning import MOASHARule, ParetoPruningRule, TrialRecord
 
 __all__ = [
     "Recorded",
@@ -195,7 +196,7 @@ def score(trials: Sequence[Recorded], result: Replay, *, reference: tuple[float,
     """Hypervolume of the completed trials' (accuracy, FLOPs) front, epochs run, seconds run."""
     done = [(t.curve[-1], t.flops) for t, p in zip(trials, result.pruned) if not p]
     return {
-        "hv": hypervolume_2d(done, reference, ("maximize", "minimize")),
+        "hv": hypervolume(done, ("maximize", "minimize"), reference),
         "epochs": float(sum(len(c) for c in result.curves)),
         "seconds": float(sum(len(c) * t.seconds_per_epoch for t, c in zip(trials, result.curves))),
         "pruned": float(sum(result.pruned)),

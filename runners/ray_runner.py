@@ -317,6 +317,20 @@ def _keep_on_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def _enable_token_auth() -> None:
+    """``RAY_AUTH_MODE=token`` for this process (whose Ray read its configuration at import) and its
+    children: what ``ray.init()`` does by itself for a cluster it finds, but never for an explicit address."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth as enable
+    except ImportError:  # another Ray version: refresh the cached configuration directly
+        from ray._raylet import Config
+
+        Config.initialize("")
+        return
+    enable()
+
+
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -352,7 +366,7 @@ def _connect(settings: SearchSettings) -> bool:
         if _loopback(address.rpartition(":")[0]):
             _keep_on_loopback()
     if "RAY_AUTH_MODE" not in os.environ and _token_present():
-        os.environ["RAY_AUTH_MODE"] = "token"
+        _enable_token_auth()
     try:
         with _quiet_stderr():
             ray.init(address=address, **quiet)

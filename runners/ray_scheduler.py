@@ -115,7 +115,7 @@ class _View:
             self.finished = True
 
     def record(self) -> TrialRecord | None:
-        if self.cost is None:
+        if self.excluded or self.cost is None:
             return None
         return TrialRecord(key=self.key, cost=self.cost, curve=list(self.curve), finished=self.finished)
 

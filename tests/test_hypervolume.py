@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gsa_search.pruning import hypervolume_2d
 from gsa_search.report.hypervolume import hypervolume, hypervolume_history, reference_point
 
 DIRECTION_SETS = [
@@ -113,16 +112,6 @@ def test_single_box_and_single_objective() -> None:
     assert hypervolume([[0.25], [0.75]], ["maximize"], [0.0]) == pytest.approx(0.75)
 
 
-@pytest.mark.parametrize("seed", range(10))
-@pytest.mark.parametrize("directions", DIRECTION_SETS[:4], ids=lambda d: "-".join(x[:3] for x in d))
-def test_agrees_with_the_pruning_modules_2d_sweep(seed: int, directions: tuple[str, ...]) -> None:
-    rng = np.random.default_rng(1000 + seed)
-    values = random_points(rng, int(rng.integers(0, 40)), 2, integer=bool(seed % 2))
-    reference = reference_for(directions, integer=bool(seed % 2))
-    assert hypervolume(values, directions, reference) == pytest.approx(hypervolume_2d(values, reference, directions),
-                                                                       rel=1e-12, abs=1e-15)
-
-
 @pytest.mark.parametrize("k", [2, 3, 4])
 def test_agrees_with_optunas_private_wfg_on_larger_sets(k: int) -> None:
     """Cross-check only: ``optuna._hypervolume`` is private, so it is never used by the library."""
@@ -141,10 +130,15 @@ def test_agrees_with_optunas_private_wfg_on_larger_sets(k: int) -> None:
 def test_docstring_examples_run() -> None:
     import doctest
 
+    import gsa_search.pareto as pareto_module
     import gsa_search.report.hypervolume as module
 
-    result = doctest.testmod(module)
-    assert result.attempted >= 2 and result.failed == 0
+    attempted = 0
+    for mod in (module, pareto_module):
+        result = doctest.testmod(mod)
+        assert result.failed == 0
+        attempted += result.attempted
+    assert attempted >= 3
 
 
 def test_bad_input_is_rejected() -> None:

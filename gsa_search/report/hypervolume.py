@@ -1,6 +1,7 @@
-"""Exact hypervolume of a set of trial results, and how it grew over a study.
+"""How the hypervolume grew over a study, and the reference point reports use.
 
-Status: stable (pure: numpy and pandas; no Optuna, no plotting). The *hypervolume* of a point set is
+Status: stable (pure: numpy and pandas; no Optuna, no plotting). The hypervolume itself is
+:func:`gsa_search.pareto.hypervolume` (re-exported here). The *hypervolume* of a point set is
 the size (area for 2 objectives, volume for 3) of the region that the points dominate and that is
 bounded by a *reference point* (Zitzler & Thiele 1998): larger is better, and it only grows as a
 study adds trials. ``directions`` says per objective whether larger (``maximize``) or smaller
@@ -17,8 +18,7 @@ Why our own: Optuna 5.0 has no public hypervolume function. ``optuna._hypervolum
 (WFG algorithm) is private (a leading underscore; it may change without notice) and the public
 ``optuna.visualization.plot_hypervolume_history`` only draws a plotly figure; besides, the domain
 library must not import Optuna (``runners -> search_spaces -> gsa_search``). The tests cross-check
-this module against brute force, against :func:`gsa_search.pruning.hypervolume_2d`, and against
-Optuna's private WFG where it is importable.
+it against brute force and against Optuna's private WFG where it is importable.
 
 Reference point (:func:`reference_point`): for a maximised objective 0 (accuracies are in [0, 1],
 throughput is >= 0), for a minimised one 1.1 x the largest value among the completed trials (FLOPs,
@@ -37,69 +37,12 @@ import numpy as np
 import pandas as pd
 
 from gsa_search import metrics as M
-from gsa_search.pareto import pareto_mask, to_minimization
+from gsa_search.pareto import hypervolume, pareto_mask
 
 __all__ = ["hypervolume", "reference_point", "hypervolume_history", "REFERENCE_RULE"]
 
 REFERENCE_RULE = "0 for a maximised objective; 1.1 x the largest value among completed trials for a minimised one"
 _MARGIN = 1.1
-
-
-def _hv_min(points: np.ndarray, ref: np.ndarray) -> float:
-    """Hypervolume of ``points`` (minimisation form, every point strictly below ``ref``)."""
-    n, k = points.shape
-    if n == 0:
-        return 0.0
-    if k == 1:
-        return float(ref[0] - points[:, 0].min())
-    if k == 2:
-        order = np.lexsort((points[:, 1], points[:, 0]))  # by x, then y
-        x, y = points[order, 0], points[order, 1]
-        best_y = np.minimum.accumulate(y)  # covered y-range over [x_i, x_{i+1}) is [best_y_i, ref_y]
-        widths = np.diff(np.append(x, ref[0]))
-        return float(np.sum(widths * (ref[1] - best_y)))
-    # slice along the last objective: between z_i and z_{i+1}, the points with z <= z_i count
-    order = np.argsort(points[:, -1], kind="stable")
-    pts = points[order]
-    z = np.append(pts[:, -1], ref[-1])
-    volume = 0.0
-    for i in range(n):
-        depth = z[i + 1] - z[i]
-        if depth > 0:
-            head = pts[: i + 1, :-1]
-            head = head[pareto_mask(head, ["minimize"] * (k - 1))]  # the rest adds nothing
-            volume += _hv_min(head, ref[:-1]) * depth
-    return float(volume)
-
-
-def hypervolume(values: Sequence[Sequence[float]] | np.ndarray, directions: Sequence[str],
-                reference: Sequence[float]) -> float:
-    """Exact hypervolume of ``values`` (``(n, k)``, one row per trial) bounded by ``reference``.
-
-    Rows with NaN, and rows that are not strictly better than ``reference`` in every objective, add
-    nothing (they dominate no part of the box). Duplicates and dominated rows are allowed.
-
-    Example:
-        >>> hypervolume([[0.5, 1.0, 1.0]], ["maximize", "minimize", "minimize"], [0.0, 2.0, 3.0])
-        1.0
-    """
-    directions = list(directions)
-    if not directions:
-        raise ValueError("hypervolume needs at least one objective (directions is empty)")
-    ref = np.asarray(reference, dtype=float).reshape(-1)
-    if ref.shape != (len(directions),) or not np.all(np.isfinite(ref)):
-        raise ValueError(f"reference must be {len(directions)} finite numbers (one per direction), got {reference!r}")
-    array = np.asarray(values, dtype=float)
-    if array.size == 0:
-        to_minimization(np.zeros((0, len(directions))), directions)  # validates the directions
-        return 0.0
-    points = to_minimization(array.reshape(len(array), -1), directions)
-    ref_min = to_minimization(ref.reshape(1, -1), directions)[0]
-    keep = np.all(np.isfinite(points), axis=1) & np.all(points < ref_min, axis=1)
-    points = points[keep]
-    if len(points) > 1:
-        points = points[pareto_mask(points, ["minimize"] * len(directions))]
-    return _hv_min(points, ref_min)
 
 
 def reference_point(table: pd.DataFrame, objectives: Sequence[str]) -> list[float] | None:
