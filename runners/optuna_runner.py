@@ -42,7 +42,8 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError
 import search_spaces
 from gsa_search import metrics as M
 from gsa_search.pruning import Decision, ParetoPruningRule, TrialRecord
-from gsa_search.trial import Infeasible, InvalidConfig, TrialConfig, run_trial
+from gsa_search.environment import environment
+from gsa_search.trial import Infeasible, InvalidConfig, TrialConfig, load_data_cached, run_trial
 
 from . import _process
 from .results import optuna_rows, pareto_front, results_table, save_results
@@ -515,7 +516,8 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
         raise
     study_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_log_file(study_dir / "log.txt")
-    (study_dir / "search.json").write_text(json.dumps(settings.to_dict(), indent=2, default=str) + "\n")
+    record = {**settings.to_dict(), "environment": environment(), "dataset_source": _dataset_source(settings)}
+    (study_dir / "search.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     log.info("search %s: %s", settings.study_name, json.dumps(settings.to_dict(), default=str))
     table = results(study)
     bar = _Progress(settings, progress, sum(_counts(table)[s] for s in COUNTED))
@@ -539,6 +541,16 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
     return SearchResult(settings=settings, study_dir=study_dir, storage=_redact(settings.storage_url()), table=table,
                         counts=_counts(table), front=pareto_front(table, settings.objectives),
                         wall_s=time.perf_counter() - tic, interrupted=interrupted)
+
+
+def _dataset_source(settings: SearchSettings) -> str:
+    """The dataset's ``source`` line (what exactly was loaded), for the record; loaded once, cached."""
+    try:
+        data = load_data_cached(settings.dataset, data_dir=settings.data_dir, image_size=settings.resolved_image_size(),
+                                seed=settings.base_recipe().seed, **settings.dataset_options)
+    except Exception as error:  # noqa: BLE001 - the trials will report it; the record says why
+        return f"could not load: {type(error).__name__}: {error}"
+    return data.source
 
 
 def _run_processes(settings: SearchSettings, study: optuna.Study, bar: _Progress) -> None:

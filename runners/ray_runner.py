@@ -244,15 +244,17 @@ def _error_text(trial: Any) -> str | None:
     return lines[-1] if lines else "the trial errored"
 
 
-def _snapshot(trial: Any) -> dict[str, Any]:
-    return {"trial_id": trial.trial_id, "status": trial.status, "config": dict(trial.config or {}),
+def _snapshot(trial: Any, status: str | None = None) -> dict[str, Any]:
+    return {"trial_id": trial.trial_id, "status": status or trial.status, "config": dict(trial.config or {}),
             "last_result": dict(trial.run_metadata.last_result or {}), "error": _error_text(trial)}
 
 
-def ray_results(trials: Any, study_dir: Path) -> Any:
-    """The results table of Ray ``Trial`` objects (live ones, or ``ExperimentAnalysis(path).trials``)."""
+def ray_results(trials: Any, study_dir: Path, *, starting: Any = None) -> Any:
+    """The results table of Ray ``Trial`` objects (live ones, or ``ExperimentAnalysis(path).trials``);
+    ``starting``: a trial whose actor just started (Ray marks it RUNNING right after telling callbacks)."""
     decisions = read_decisions(study_dir / "ray" / DECISIONS)
-    return results_table(ray_rows([_snapshot(t) for t in trials], decisions))
+    snapshots = [_snapshot(t, "RUNNING" if t is starting else None) for t in trials]
+    return results_table(ray_rows(snapshots, decisions))
 
 
 class _Silent(tune.ProgressReporter):
@@ -266,18 +268,20 @@ class _Silent(tune.ProgressReporter):
 
 
 class _Recorder(tune.Callback):
-    """Driver-side: after every finished trial, rewrite the results table and move the progress bar.
+    """Driver-side: when a trial starts or ends, rewrite the results table; move the progress bar.
     Pickled with the experiment; it finds the live bar through the module's ``_LIVE``."""
 
     def __init__(self, study_dir: str) -> None:
         self.study_dir = study_dir
 
-    def _update(self, trials: list, trial: Any) -> None:
+    def _update(self, trials: list, trial: Any, quiet: bool = False) -> None:
         try:
-            table = ray_results(trials, Path(self.study_dir))
+            table = ray_results(trials, Path(self.study_dir), starting=trial if quiet else None)
             save_results(table, self.study_dir)
         except Exception as error:  # noqa: BLE001 - never let bookkeeping stop the search
             log.warning("could not save the results table: %s", error)
+            return
+        if quiet:
             return
         row = table[table["trial"] == (trial.config or {}).get(TRIAL_KEY)]
         if len(row):
@@ -286,6 +290,9 @@ class _Recorder(tune.Callback):
         bar = _LIVE.get(self.study_dir)
         if bar is not None:
             bar.update(table)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._update(trials, trial, quiet=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._update(trials, trial)

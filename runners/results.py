@@ -7,7 +7,8 @@ writes ``trials.csv`` and ``trials.parquet`` atomically (temporary file, then re
 never sees half a table.
 
 Columns, in order: ``trial`` (number), ``state`` (``complete`` | ``pruned`` | ``failed`` |
-``infeasible`` | ``running`` | ``interrupted`` | ``died`` | ``waiting``), ``reason``, every metric
+``infeasible`` | ``running`` | ``interrupted`` | ``died`` | ``waiting``), ``reason``, ``cell`` and
+``seed`` (the ablation cell and seed of the run; empty outside ablation studies), every metric
 of :mod:`gsa_search.metrics` that trials report (FLOPs are multiply-accumulates per image, measured
 before training), ``curve`` (JSON list of per-epoch validation accuracy), ``epochs_run``,
 ``duration_s``, ``datetime_start``, ``datetime_complete``, ``worker``, ``host``, ``pid``,
@@ -46,7 +47,7 @@ METRIC_COLUMNS = (
     M.TRAIN_TIME_S, M.IMAGES_PER_S,
 )  # fmt: skip
 BASE_COLUMNS = (
-    ("trial", "state", "reason") + METRIC_COLUMNS
+    ("trial", "state", "reason", "cell", "seed") + METRIC_COLUMNS
     + ("curve", "epochs_run", "duration_s", "datetime_start", "datetime_complete", "worker", "host", "pid",
        "backend", "config")
 )  # fmt: skip
@@ -149,10 +150,15 @@ def optuna_rows(trials: Iterable[Any]) -> list[dict[str, Any]]:
         for key, value in (attrs.get("cost") or {}).items():
             metrics.setdefault(key, value)
         curve = attrs.get("curve") or []
+        fixed = t.system_attrs.get("fixed_params") or {}  # an enqueued trial shows its pair before it starts
+        cell = t.params.get("cell", attrs.get("cell", fixed.get("cell", np.nan)))
+        seed = t.params.get("seed", attrs.get("seed", fixed.get("seed", np.nan)))
         row: dict[str, Any] = {
             "trial": t.number,
             "state": state,
             "reason": reason,
+            "cell": cell,
+            "seed": seed,
             **{m: metrics.get(m, np.nan) for m in METRIC_COLUMNS},
             "curve": json.dumps(curve),
             "epochs_run": len(curve),

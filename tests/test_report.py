@@ -317,7 +317,8 @@ def test_report_of_a_real_search(real_study: Path) -> None:
     page = (real_study / "report.html").read_text()
     for expected in ("FLOPs (multiply-accumulates per image)", "FLOPs (MACs per image)", "synthetic", "random",
                      "auto (pareto)", "accuracy (maximize), flops (minimize)", "8 epochs trained in total",
-                     "Optuna SQLite storage study.db", "torch", "gsa-search commit", "BUILT THIS REPORT",
+                     "Optuna SQLite storage study.db", "torch", "gsa-search commit", "recorded by the search",
+                     "synthetic N(0, 1) images",
                      "PedAnovaImportanceEvaluator", "For reaching the Pareto front", "Reference point"):
         assert expected in page, expected
     assert (real_study / "figures" / "hypervolume-history.svg").exists()

@@ -24,6 +24,25 @@ _MIN_PER_CLASS = 2
 _MIN_PAIRS = 2
 
 
+RULES = ("same", "greater", "parity")
+
+
+def _classes(rule: str, positive: bool, rng: np.random.Generator) -> tuple[int, int]:
+    """Classes (A, B) of one pair with label ``positive`` under ``rule``, drawn uniformly among those pairs."""
+    if rule == "same":
+        if positive:
+            c = int(rng.integers(10))
+            return c, c
+        a, b = rng.choice(10, size=2, replace=False)
+        return int(a), int(b)
+    if rule == "greater":  # A > B; ties never drawn
+        a, b = sorted(int(c) for c in rng.choice(10, size=2, replace=False))
+        return (b, a) if positive else (a, b)
+    a = int(rng.integers(10))  # parity: A + B odd
+    b = 2 * int(rng.integers(5)) + (a + int(positive)) % 2
+    return a, b
+
+
 @register_dataset("digits-pairs")
 def load_digits_pairs(
     *,
@@ -36,6 +55,7 @@ def load_digits_pairs(
     jitter: int = 2,
     num_samples: int = 4000,
     val_fraction: float = 0.2,
+    rule: str = "same",
 ) -> DatasetBundle:
     """Two real digits in opposite corners of a ``canvas`` x ``canvas`` image; label 1 iff same class.
 
@@ -63,6 +83,8 @@ def load_digits_pairs(
     jitter = check_int(name, "jitter", jitter, minimum=0)
     num_samples = check_int(name, "num_samples", num_samples, minimum=2 * _MIN_PAIRS)
     val_fraction = check_fraction(name, "val_fraction", val_fraction)
+    if not isinstance(rule, str) or rule not in RULES:
+        raise DatasetError(f"{name}: option rule must be one of {', '.join(map(repr, RULES))}, got {rule!r}")
     if 2 * (digit_size + jitter) > canvas:
         raise DatasetError(
             f"{name}: canvas {canvas} is too small for two separated corner regions; need "
@@ -85,16 +107,15 @@ def load_digits_pairs(
 
     def compose(pool: np.ndarray, count: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         by_class = [pool[labels[pool] == c] for c in range(10)]
-        same = np.zeros(count, dtype=np.int64)
-        same[: count // 2] = 1
-        same = rng.permutation(same)
+        target = np.zeros(count, dtype=np.int64)
+        target[: count // 2] = 1
+        target = rng.permutation(target)
         pairs = np.empty((count, 2), dtype=np.int64)
-        for i, is_same in enumerate(same):
-            if is_same:
-                members = by_class[rng.integers(10)]
-                pairs[i] = rng.choice(members, size=2, replace=False)
+        for i, positive in enumerate(target):
+            first, second = _classes(rule, bool(positive), rng)
+            if first == second:
+                pairs[i] = rng.choice(by_class[first], size=2, replace=False)
             else:
-                first, second = rng.choice(10, size=2, replace=False)
                 pairs[i] = rng.choice(by_class[first]), rng.choice(by_class[second])
         offsets = rng.integers(0, jitter + 1, size=(count, 4))  # (dy_a, dx_a, dy_b, dx_b)
         x = torch.zeros(count, 1, canvas, canvas)
@@ -103,7 +124,7 @@ def load_digits_pairs(
             ya, xa, yb, xb = (int(o) for o in offsets[i])
             x[i, 0, ya : ya + digit_size, xa : xa + digit_size] = digit_px[pairs[i, 0]]
             x[i, 0, far - yb : far - yb + digit_size, far - xb : far - xb + digit_size] = digit_px[pairs[i, 1]]
-        return resize(x, size), torch.from_numpy(same), pairs
+        return resize(x, size), torch.from_numpy(target), pairs
 
     train_x, train_y, train_pairs = compose(train_idx, n_train)
     val_x, val_y, val_pairs = compose(val_idx, n_val)

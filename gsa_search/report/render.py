@@ -35,9 +35,7 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import sqlite3
-import subprocess
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -45,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from gsa_search import metrics as M
+from gsa_search.environment import environment
 from gsa_search.pareto import pareto_mask
 
 from . import figures as F
@@ -228,48 +227,13 @@ def _storage_provenance(study_dir: Path, settings: Mapping[str, Any]) -> str:
     return f"Optuna SQLite storage study.db{made}: study {', '.join(studies) or '-'}, {trials} trials stored"
 
 
-def _git_commit() -> str:
-    """``git rev-parse HEAD`` of the checkout this package runs from; "unknown" for an installed copy."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
-                             timeout=10)
-        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:  # e.g. site-packages inside a repo
-            return "unknown"
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if commit.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
-
-
 def _environment(settings: Mapping[str, Any], table: pd.DataFrame) -> tuple[list[tuple[str, str]], str]:
     """The environment rows and where they come from (recorded by the search, else this process)."""
     recorded = settings.get("environment")
     if isinstance(recorded, Mapping) and recorded:
         rows = [(str(k), str(v)) for k, v in recorded.items()]
         return rows, "recorded by the search in search.json"
-    rows: list[tuple[str, str]] = [("python", platform.python_version())]
-    try:
-        import torch
-
-        cuda = torch.version.cuda or "none (CPU build)"
-        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (no CUDA device visible)"
-        rows += [("torch", torch.__version__), ("CUDA", cuda), ("device", device),
-                 ("CPU threads", f"{torch.get_num_threads()} torch threads, {os.cpu_count()} logical CPUs")]
-    except Exception as error:  # noqa: BLE001 - the report must not fail on a broken torch install
-        rows += [("torch", f"not importable ({type(error).__name__})"), ("CPU threads", f"{os.cpu_count()} logical CPUs")]
-    try:
-        from importlib.metadata import version
-
-        rows.append(("optuna", version("optuna")))
-    except Exception:  # noqa: BLE001
-        pass
-    rows.append(("gsa-search commit", _git_commit()))
-    rows.append(("host", platform.node() or "unknown"))
+    rows = list(environment().items())
     return rows, ("the machine and process that BUILT THIS REPORT (the search did not record its own "
                   "environment); the trials ran on the hosts listed above")
 
