@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Benchmarks: `blocks` times every mixer side by side; `train` measures the "
                                    "trainer's overhead and time-to-accuracy on digits; `search` the runner's overhead.",
                        epilog="Example: gsa-search bench blocks --sizes 16 32 64 --threads 2")
-    p.add_argument("what", choices=["blocks", "train", "search"])
+    p.add_argument("what", choices=["blocks", "train", "search", "pruning"],
+                   help="pruning: `gsa-search bench pruning --help` lists its own options")
     p.add_argument("--sizes", type=_positive_int, nargs="+", default=[16, 32, 64])
     p.add_argument("--batch", type=_positive_int, default=None, help="default: 8 on CPU, 64 on CUDA")
     p.add_argument("--channels", type=_positive_int, default=64)
@@ -234,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
                            help="GPUs per trial, fractions allowed (default 1 when CUDA is present, else 0)")
     ray_group.add_argument("--max-failures", type=_non_negative_int, default=None,
                            help="restarts of a trial whose worker died (default 3)")
+
+    p = sub.add_parser("report", parents=[output], help="build the report of a study",
+                       description="Write reports/STUDY/report.html (self-contained), report.md, pareto.csv and "
+                                   "figures/ from the saved results table; nothing is rerun.",
+                       epilog="Example: gsa-search report demo-search")
+    p.add_argument("study", help="a study name (a folder under --reports-dir)")
+    p.add_argument("--reports-dir", default="reports", help="where study folders live (default %(default)s)")
 
     p = sub.add_parser("demo", parents=[output], help="the main job on the bundled digits data",
                        description="A small multi-objective accuracy/FLOPs search over gsa_block_v1 on digits "
@@ -440,7 +448,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
-_COMMANDS = {"list": _cmd_list, "inspect": _cmd_inspect, "train": _cmd_train, "bench": _cmd_bench,
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report_cmd import report_main
+
+    document, text = report_main(Path(args.reports_dir) / args.study, json_out=args.json)
+    _emit(args, document, text)
+    return 0
+
+
+_COMMANDS = {"report": _cmd_report, "list": _cmd_list, "inspect": _cmd_inspect, "train": _cmd_train, "bench": _cmd_bench,
              "search": _cmd_search, "demo": _cmd_demo}
 
 
@@ -448,6 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gsa-search`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if argv[:2] == ["bench", "pruning"]:  # a benchmark with its own options
+        from . import bench_pruning
+
+        return int(bench_pruning.main(argv[2:]) or 0)
     try:
         args = build_parser().parse_args(argv)
         return int(_COMMANDS[args.command](args) or 0)

@@ -37,6 +37,7 @@ USER_ERRORS = {
     "pruner with two objectives": (["search", "--objectives", "accuracy,flops", "--pruner", "median"], "prunes on one objective"),
     "bad budget": (["search", "--max-flops", "lots"], "expected a number such as"),
     "unknown command": (["serach"], "invalid choice"),
+    "report of a missing study": (["report", "no-such-study"], "no study at reports/no-such-study"),
 }
 
 
@@ -65,7 +66,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_help_of_every_subcommand_has_an_example(tmp_path):
-    for command in ("list", "inspect", "train", "bench", "search", "demo"):
+    for command in ("list", "inspect", "train", "bench", "search", "report", "demo"):
         proc = _run(command, "--help", cwd=tmp_path)
         assert proc.returncode == 0 and "Example" in proc.stdout, command
 
@@ -105,3 +106,6 @@ def test_search_json_and_resume(tmp_path):
     assert "trial 1 complete" in (folder / "log.txt").read_text()
     again = json.loads(_run(*args[:-1], "--trials", "3", "--json", cwd=tmp_path).stdout)
     assert again["trials"] == 3
+    report = json.loads(_run("report", "cli", "--json", cwd=tmp_path).stdout)
+    assert {"study", "files", "counts", "front_size", "hypervolume", "reference"} <= set(report)
+    assert (folder / "report.html").exists() and (folder / "report.md").exists()
