@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", parents=[output], help="list blocks, models, spaces or datasets",
                        description="List registered names.", epilog="Example: gsa-search list models")
-    p.add_argument("what", choices=["blocks", "models", "spaces", "datasets"])
+    p.add_argument("what", choices=["blocks", "models", "spaces", "datasets", "studies"])
     p.add_argument("pattern", nargs="?", default=None, help="glob over names, e.g. 'proxy_*'")
 
     p = sub.add_parser("inspect", parents=[output], help="parameters and FLOPs per stage of a model preset",
@@ -236,6 +236,26 @@ def build_parser() -> argparse.ArgumentParser:
     ray_group.add_argument("--max-failures", type=_non_negative_int, default=None,
                            help="restarts of a trial whose worker died (default 3)")
 
+    p = sub.add_parser("ablate", parents=[output, recipe], help="run or resume an ablation study",
+                       description="Run every cell x seed of an ablation study exactly once (re-running resumes and "
+                                   "runs only what is missing), then per-cell statistics and comparisons with the "
+                                   "baseline (paired by seed, Holm-corrected, verdict better/worse/within noise).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Examples:\n"
+                              "  gsa-search ablate gsa_content_positional_v1 --seeds 3\n"
+                              "  gsa-search ablate search_spaces/studies/gsa_block_type_v1.toml --epochs 4")
+    p.add_argument("spec", help="a registered study (see `gsa-search list studies`), FILE.toml or FILE.py:NAME")
+    p.add_argument("--seeds", default=None, help="a count (3) or a list (0,1,2); default: the study's")
+    p.add_argument("--backend", default="optuna", help="optuna (default) | ray")
+    p.add_argument("--study", dest="study_name", default=None, help="study name and folder (default: the study's name)")
+    p.add_argument("--reports-dir", default="reports", help="where study folders live (default %(default)s)")
+    p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    p.add_argument("--workers", type=_positive_int, default=1, help="processes on this machine (default 1)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads per worker")
+    p.add_argument("--storage", default=None, help="as for search (PostgreSQL URL or journal:PATH)")
+    p.add_argument("--address", default=None, metavar="HOST:PORT", help="Ray cluster (with --backend ray)")
+    p.add_argument("--data-dir", default=None, help="folder with the data files")
+
     p = sub.add_parser("report", parents=[output], help="build the report of a study",
                        description="Write reports/STUDY/report.html (self-contained), report.md, pareto.csv and "
                                    "figures/ from the saved results table; nothing is rerun.",
@@ -278,7 +298,10 @@ def _cmd_list(args: argparse.Namespace) -> None:
     from gsa_search.models import list_models
     from search_spaces import list_spaces
 
-    names = {"blocks": list_blocks, "models": list_models, "spaces": list_spaces, "datasets": list_datasets}[args.what](args.pattern)
+    from search_spaces.ablation import list_studies
+
+    names = {"blocks": list_blocks, "models": list_models, "spaces": list_spaces, "datasets": list_datasets,
+             "studies": list_studies}[args.what](args.pattern)
     text = "\n".join(names)
     if args.what == "models" and names and not args.json:
         from gsa_search.zoo import zoo_table
@@ -448,6 +471,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablate_cmd import ablate_main
+
+    recipe = _recipe_overrides(args)
+    document, text = ablate_main(
+        args.spec, seeds=args.seeds, backend=args.backend, study_name=args.study_name, reports_dir=args.reports_dir,
+        retry_failed=args.retry_failed, workers=args.workers, storage=args.storage, quiet=args.quiet,
+        json_out=args.json, recipe_overrides=recipe, data_dir=args.data_dir, threads=args.threads,
+        address=args.address,
+    )  # fmt: skip
+    print(text)
+    return EXIT_INTERRUPTED if document.get("interrupted") else 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report_cmd import report_main
 
@@ -456,7 +493,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"report": _cmd_report, "list": _cmd_list, "inspect": _cmd_inspect, "train": _cmd_train, "bench": _cmd_bench,
+_COMMANDS = {"ablate": _cmd_ablate, "report": _cmd_report, "list": _cmd_list, "inspect": _cmd_inspect, "train": _cmd_train, "bench": _cmd_bench,
              "search": _cmd_search, "demo": _cmd_demo}
 
 

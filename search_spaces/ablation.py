@@ -94,7 +94,6 @@ import dataclasses
 import importlib.util
 import itertools
 import json
-import math
 import re
 import sys
 from pathlib import Path
@@ -203,9 +202,9 @@ def _split_level(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
 def _check_recipe(recipe: Mapping[str, Any], where: str) -> None:
     unknown = sorted(set(recipe) - set(_RECIPE_FIELDS))
     if unknown:
-        raise ValueError(f"{where}unknown recipe field(s) {', '.join(unknown)}; allowed: {', '.join(_RECIPE_FIELDS)}")
+        raise StudyError(f"{where}unknown recipe field(s) {', '.join(unknown)}; allowed: {', '.join(_RECIPE_FIELDS)}")
     if "seed" in recipe:
-        raise ValueError(f"{where}recipe.seed cannot be set: seeds are the study's replicates (set the study's seeds)")
+        raise StudyError(f"{where}recipe.seed cannot be set: seeds are the study's replicates (set the study's seeds)")
 
 
 # --- the baseline ----------------------------------------------------------------------------------------
@@ -229,26 +228,26 @@ class Baseline:
         for field in ("model_overrides", "recipe", "dataset_options"):
             value = getattr(self, field)
             if not isinstance(value, Mapping):
-                raise ValueError(f"baseline.{field} must be a table/dict, got {type(value).__name__}")
+                raise StudyError(f"baseline.{field} must be a table/dict, got {type(value).__name__}")
             object.__setattr__(self, field, dict(value))
         model = self.model
         if isinstance(model, str):
             if model not in list_models():
-                raise ValueError(f"baseline.model: unknown model preset {model!r}{_close(model, list_models())} "
+                raise StudyError(f"baseline.model: unknown model preset {model!r}{_close(model, list_models())} "
                                  f"(known: {', '.join(list_models())})")
         elif isinstance(model, Mapping):
             from gsa_search.models import model_config_from_dict
 
             object.__setattr__(self, "model", model_config_from_dict(dict(model)))
         elif not (hasattr(model, "fit_to_data") and hasattr(model, "to_dict")):
-            raise ValueError(f"baseline.model must be a model preset name, a backbone config or its dict, got "
+            raise StudyError(f"baseline.model must be a model preset name, a backbone config or its dict, got "
                              f"{type(model).__name__}")
         if not isinstance(self.dataset, str) or self.dataset not in list_datasets():
-            raise ValueError(f"baseline.dataset: unknown dataset {self.dataset!r}"
+            raise StudyError(f"baseline.dataset: unknown dataset {self.dataset!r}"
                              f"{_close(str(self.dataset), list_datasets())} (known: {', '.join(list_datasets())})")
         size = self.image_size
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ValueError(f"baseline.image_size must be a positive integer or None, got {size!r}")
+            raise StudyError(f"baseline.image_size must be a positive integer or None, got {size!r}")
         _check_recipe(self.recipe, "baseline: ")
         self.model_config()  # unknown model overrides fail here
 
@@ -263,7 +262,7 @@ class Baseline:
         try:
             return apply_overrides(base, self.model_overrides)
         except ValueError as error:
-            raise ValueError(f"baseline.model_overrides: {error}") from None
+            raise StudyError(f"baseline.model_overrides: {error}") from None
 
     def replace(self, **changes: Any) -> "Baseline":
         return dataclasses.replace(self, **changes)

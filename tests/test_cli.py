@@ -66,7 +66,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_help_of_every_subcommand_has_an_example(tmp_path):
-    for command in ("list", "inspect", "train", "bench", "search", "report", "demo"):
+    for command in ("list", "inspect", "train", "bench", "search", "ablate", "report", "demo"):
         proc = _run(command, "--help", cwd=tmp_path)
         assert proc.returncode == 0 and "Example" in proc.stdout, command
 
@@ -109,3 +109,22 @@ def test_search_json_and_resume(tmp_path):
     report = json.loads(_run("report", "cli", "--json", cwd=tmp_path).stdout)
     assert {"study", "files", "counts", "front_size", "hypervolume", "reference"} <= set(report)
     assert (folder / "report.html").exists() and (folder / "report.md").exists()
+
+
+def test_ablate_a_study_file_through_the_cli(tmp_path):
+    (tmp_path / "tiny.toml").write_text(
+        'name = "tiny"\nseeds = 2\n\n[baseline]\nmodel = "proxy_resnet"\ndataset = "synthetic"\nimage_size = 8\n'
+        'dataset_options = { num_samples = 64 }\n\n[baseline.recipe]\nepochs = 1\n\n'
+        '[factors.width]\nnarrow = { width_multiplier = 0.25 }\n'
+    )
+    proc = _run("ablate", "tiny.toml", "--json", "--quiet", "--threads", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    folder = tmp_path / "reports" / "tiny"
+    assert {"trials.csv", "cells.csv", "ablation.csv"} <= {p.name for p in folder.iterdir()}
+    table = __import__("pandas").read_csv(folder / "trials.csv")
+    assert sorted(zip(table["cell"], table["seed"])) == [("baseline", 0), ("baseline", 1), ("width=narrow", 0),
+                                                          ("width=narrow", 1)]
+    assert isinstance(doc, dict)
+    again = _run("ablate", "tiny.toml", "--json", "--quiet", "--threads", "1", cwd=tmp_path)
+    assert again.returncode == 0 and len(__import__("pandas").read_csv(folder / "trials.csv")) == 4  # nothing rerun
