@@ -37,7 +37,9 @@ most that much bookkeeping: a trial that finished in that window runs again (sam
 seed, same values).
 
 Cluster: ``address`` (``HOST:PORT``) joins a running cluster (``ray start --head``); without it a
-local cluster starts with this machine's cores. A loopback address (and the local cluster) keeps
+local cluster starts with this machine's cores. Each trial asks for ``cpus_per_trial`` CPUs (1) and
+``gpus_per_trial`` GPUs (fractions share a GPU; default 1 when the cluster has a GPU, else 0), so
+as many trials run at once as the cluster holds; trial actors are reused (the dataset stays loaded). A loopback address (and the local cluster) keeps
 Ray on 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``); token authentication is switched on
 (``RAY_AUTH_MODE=token``) when a token is present (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN`` or
 ``RAY_AUTH_TOKEN_PATH``) and the variable is unset. An unreachable cluster and more CPUs or GPUs per
@@ -201,12 +203,12 @@ def trainable(config: dict[str, Any], settings: dict[str, Any] | None = None) ->
         send(TRAINING, {**state["cost"], **metrics})
 
     try:
+        trial_config = sample_config(search_spaces.get_space(search.space),
+                                     optuna.trial.FixedTrial(params, number=number or 0))
+        state["config"] = json.dumps(trial_config.to_dict())
         try:
-            trial_config = sample_config(search_spaces.get_space(search.space),
-                                         optuna.trial.FixedTrial(params, number=number or 0))
-            state["config"] = json.dumps(trial_config.to_dict())
             state["epochs"] = search.base_recipe().replace(**trial_config.recipe).epochs
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError) as error:  # run_trial would say the same
             raise InvalidConfig(str(error)) from None
         outcome = execute(trial_config, search, report=report, on_cost=on_cost)
     except _ReportFailed:
@@ -249,11 +251,12 @@ def _snapshot(trial: Any, status: str | None = None) -> dict[str, Any]:
             "last_result": dict(trial.run_metadata.last_result or {}), "error": _error_text(trial)}
 
 
-def ray_results(trials: Any, study_dir: Path, *, starting: Any = None) -> Any:
-    """The results table of Ray ``Trial`` objects (live ones, or ``ExperimentAnalysis(path).trials``);
-    ``starting``: a trial whose actor just started (Ray marks it RUNNING right after telling callbacks)."""
+def ray_results(trials: Any, study_dir: Path, *, now: tuple[Any, str] | None = None) -> Any:
+    """The results table of Ray ``Trial`` objects (live ones, or ``ExperimentAnalysis(path).trials``).
+    ``now``: ``(trial, status)`` for the trial a callback is about (Ray sets its new status, RUNNING or
+    TERMINATED, only after telling the callbacks)."""
     decisions = read_decisions(study_dir / "ray" / DECISIONS)
-    snapshots = [_snapshot(t, "RUNNING" if t is starting else None) for t in trials]
+    snapshots = [_snapshot(t, now[1] if now is not None and t is now[0] else None) for t in trials]
     return results_table(ray_rows(snapshots, decisions))
 
 
@@ -274,9 +277,9 @@ class _Recorder(tune.Callback):
     def __init__(self, study_dir: str) -> None:
         self.study_dir = study_dir
 
-    def _update(self, trials: list, trial: Any, quiet: bool = False) -> None:
+    def _update(self, trials: list, trial: Any, status: str | None, quiet: bool = False) -> None:
         try:
-            table = ray_results(trials, Path(self.study_dir), starting=trial if quiet else None)
+            table = ray_results(trials, Path(self.study_dir), now=(trial, status) if status else None)
             save_results(table, self.study_dir)
         except Exception as error:  # noqa: BLE001 - never let bookkeeping stop the search
             log.warning("could not save the results table: %s", error)
@@ -292,13 +295,13 @@ class _Recorder(tune.Callback):
             bar.update(table)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._update(trials, trial, quiet=True)
+        self._update(trials, trial, "RUNNING", quiet=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._update(trials, trial)
+        self._update(trials, trial, "TERMINATED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._update(trials, trial)
+        self._update(trials, trial, None)
 
 
 # --- connecting to the cluster ----------------------------------------------------------------------------
@@ -360,7 +363,6 @@ def _connect(settings: SearchSettings) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", CHECKPOINT_PERIOD_S)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     quiet = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
     address = settings.address
     if address is None:
@@ -412,11 +414,14 @@ def _quiet_stderr() -> Any:
 
 
 def _check_resources(settings: SearchSettings) -> tuple[float, float]:
-    """``(cpus, gpus)`` per trial, refused when one trial needs more than the whole cluster has."""
+    """``(cpus, gpus)`` per trial, refused when one trial needs more than the whole cluster has. The
+    GPU default: 1 when the cluster has CUDA GPUs (Ray detects them; for the local cluster that is
+    this machine's CUDA), else 0."""
     cluster = ray.cluster_resources()
     where = f"the Ray cluster at {settings.address}" if settings.address else "the local Ray cluster"
-    cpus, gpus = settings.resolved_cpus_per_trial(), settings.resolved_gpus_per_trial()
     have_cpus, have_gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+    cpus = settings.resolved_cpus_per_trial()
+    gpus = float(settings.gpus_per_trial) if settings.gpus_per_trial is not None else (1.0 if have_gpus >= 1 else 0.0)
     if gpus > have_gpus:
         raise UserError(f"--gpus-per-trial {gpus:g} is more than {where} has "
                         f"({have_gpus:g} GPU{'s' if have_gpus != 1 else ''}); use --gpus-per-trial "
@@ -500,8 +505,10 @@ def _tuner(settings: SearchSettings, experiment: Path, study_dir: Path, cpus: fl
             return tune.Tuner.restore(str(experiment), fn, resume_errored=True)
     if experiment.exists():  # created, then killed before its first state was saved: nothing ran
         shutil.rmtree(experiment)
-    tune_config = tune.TuneConfig(search_alg=_searcher(settings), scheduler=_scheduler(settings, study_dir / "ray" / DECISIONS),
-                                  num_samples=settings.n_trials, reuse_actors=True, trial_dirname_creator=_trial_dirname)
+    tune_config = tune.TuneConfig(
+        search_alg=_searcher(settings), scheduler=_scheduler(settings, study_dir / "ray" / DECISIONS),
+        num_samples=settings.n_trials, reuse_actors=True, trial_dirname_creator=_trial_dirname,
+    )  # fmt: skip
     run_config = tune.RunConfig(
         name=EXPERIMENT, storage_path=str(experiment.parent), verbose=0,
         failure_config=tune.FailureConfig(max_failures=settings.resolved_max_failures()),
@@ -559,8 +566,8 @@ def run_ray_search(settings: SearchSettings, *, progress: bool = True) -> Search
             cpus, gpus = _check_resources(settings)
             ray_dir = study_dir / "ray"
             ray_dir.mkdir(parents=True, exist_ok=True)
-            (ray_dir / IDENTITY).write_text(json.dumps({"identity": json.loads(json.dumps(settings.identity(), default=str)),
-                                                        "n_trials": settings.n_trials}, indent=2) + "\n")
+            identity = json.loads(json.dumps(settings.identity(), default=str))
+            (ray_dir / IDENTITY).write_text(json.dumps({"identity": identity, "n_trials": settings.n_trials}, indent=2) + "\n")
             with _quiet_ray_logs():
                 tuner = _tuner(settings, ray_dir / EXPERIMENT, study_dir, cpus, gpus, resume)
         except BaseException:

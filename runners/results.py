@@ -225,10 +225,12 @@ def ray_rows(trials: Iterable[Mapping[str, Any]], decisions: Mapping[str, str] |
     Each trial is a mapping with ``trial_id``, ``status`` (Ray's: ``PENDING``, ``RUNNING``,
     ``TERMINATED``, ``ERROR``, ``PAUSED``), ``config`` (Ray's flat parameter dict, with the trial
     number under ``gsa_trial``), ``last_result`` (the last reported result: the Ray runner's
-    trainable reports ``status``, ``reason``, the metrics, ``cost``, ``curve`` and ``config`` as JSON
-    text, ``host``/``pid`` and ISO start/end times in every result) and ``error`` (Ray's error text or
-    ``None``); ``decisions`` maps a trial number (as text) to the reason a scheduler stopped it.
-    Taken from ``ExperimentAnalysis.trials`` / a ``ResultGrid`` by ``runners.ray_runner``.
+    trainable reports ``status``, ``reason``, the metrics, ``cost``, ``curve`` and ``trial_config``
+    as JSON text, ``host`` and ISO start/end times in every result; Ray adds ``pid``) and ``error``
+    (the last line of Ray's error file, or ``None``); ``decisions`` maps a trial number (as text) to
+    the reason a scheduler stopped it. ``runners.ray_runner`` takes them from the live trials or from
+    ``ExperimentAnalysis(experiment).trials``. As in :func:`optuna_rows`, only complete and
+    infeasible trials show their metrics; the others show their cost (measured before training).
     """
     decisions = dict(decisions or {})
     rows = []
@@ -260,6 +262,8 @@ def ray_rows(trials: Iterable[Mapping[str, Any]], decisions: Mapping[str, str] |
             "trial": number,
             "state": state,
             "reason": reason,
+            "cell": config.get("cell", np.nan),  # ablation studies sample their (cell, seed) pairs
+            "seed": config.get("seed", np.nan),
             **{m: metrics.get(m, np.nan) for m in METRIC_COLUMNS},
             "curve": json.dumps(curve),
             "epochs_run": len(curve),

@@ -150,7 +150,8 @@ class SearchSettings:
         return 1.0 if self.cpus_per_trial is None else float(self.cpus_per_trial)
 
     def resolved_gpus_per_trial(self) -> float:
-        """``gpus_per_trial``, else 1 when this machine has CUDA and 0 otherwise."""
+        """``gpus_per_trial``, else 1 when this machine has CUDA and 0 otherwise (the Ray runner
+        decides by the cluster's GPUs instead: a cluster joined with ``address`` may differ)."""
         if self.gpus_per_trial is not None:
             return float(self.gpus_per_trial)
         import torch
