@@ -27,8 +27,8 @@ import json
 import logging
 import math
 import os
-import sys
 import random
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -41,15 +41,28 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 import search_spaces
 from gsa_search import metrics as M
-from gsa_search.pruning import Decision, ParetoPruningRule, TrialRecord
 from gsa_search.environment import environment
-from gsa_search.trial import Infeasible, InvalidConfig, TrialConfig, load_data_cached, run_trial
+from gsa_search.pruning import Decision, ParetoPruningRule, TrialRecord
+from gsa_search.trial import Infeasible, load_data_cached
 
 from . import _process
+from ._trial_exec import execute, failure_reason, pareto_decide, pareto_rule, pruned_reason, sample_config
 from .results import optuna_rows, pareto_front, results_table, save_results
 from .settings import SINGLE_OBJECTIVE_PRUNERS, SearchSettings, UserError
 
-__all__ = ["SearchResult", "run_search", "results", "open_study", "create_storage", "make_sampler", "make_pruner"]
+__all__ = [
+    "SearchResult",
+    "Progress",
+    "run_search",
+    "results",
+    "open_study",
+    "create_storage",
+    "make_sampler",
+    "make_pruner",
+    "state_counts",
+    "setup_log_file",
+    "quiet_optuna",
+]
 
 log = logging.getLogger("gsa_search.search")
 
@@ -217,7 +230,7 @@ def results(study: optuna.Study) -> Any:
     return results_table(optuna_rows(study.get_trials(deepcopy=False)))
 
 
-def _counts(table: Any) -> dict[str, int]:
+def state_counts(table: Any) -> dict[str, int]:
     counts = {state: 0 for state in ("complete", "infeasible", "pruned", "failed", "running", "interrupted", "died", "waiting")}
     for state, n in table["state"].value_counts().items():
         counts[str(state)] = int(n)
@@ -288,10 +301,8 @@ def pareto_decision(rule: ParetoPruningRule, trial: optuna.Trial, curve: list[fl
     """The Optuna adapter of the Pareto-aware rule: this trial against the others in the storage."""
     if not rule.is_rung(len(curve)):
         return Decision(prune=False, reason="not a rung")
-    cost = trial.user_attrs.get("cost") or {}
-    me = TrialRecord(key=trial.number, cost=cost, curve=list(curve))
     others = trial_records(trial.study.get_trials(deepcopy=False), exclude=trial.number)
-    return rule.decide(me, others)
+    return pareto_decide(rule, trial.number, trial.user_attrs.get("cost"), curve, others)
 
 
 
@@ -302,12 +313,8 @@ class _Objective:
         self.settings = settings
         self.worker = worker
         self.space = search_spaces.get_space(settings.space)
-        self.base_recipe = settings.base_recipe()
-        self.latency = M.LATENCY_MS in settings.objectives
         self.pruner_name = settings.resolved_pruner()
-        self.pareto = None
-        if self.pruner_name == "pareto" and M.ACCURACY in settings.objectives:
-            self.pareto = ParetoPruningRule(cost_keys=settings.cost_keys(), max_epochs=self.base_recipe.epochs)
+        self.pareto = pareto_rule(settings)
 
     def _values(self, metrics: dict[str, float]) -> list[float]:
         return [float(metrics[o]) for o in self.settings.objectives]
@@ -335,12 +342,7 @@ class _Objective:
             log.info("trial %d %s: %s", trial.number, status, reason)
 
         try:
-            try:
-                config = self.space(trial)
-                if not isinstance(config, TrialConfig):
-                    raise InvalidConfig(f"the space returned {type(config).__name__}, not a TrialConfig")
-            except ValueError as error:  # InvalidConfig and the block builders' ValueErrors
-                raise InvalidConfig(str(error)) from None
+            config = sample_config(self.space, trial)
             trial.set_user_attr("config", config.to_dict())
 
             def on_cost(cost: dict[str, float]) -> None:
@@ -354,18 +356,14 @@ class _Objective:
                 if self.pareto is not None:
                     decision = pareto_decision(self.pareto, trial, curve)
                     if decision.prune:
-                        raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} by the pareto pruner: {decision.reason}")
+                        raise optuna.TrialPruned(pruned_reason("pareto", epoch + 1, decision.reason))
                 elif self.pruner_name in SINGLE_OBJECTIVE_PRUNERS:
                     trial.report(float(metrics[M.ACCURACY]), epoch)
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} by the {self.pruner_name} pruner "
                                                  f"(accuracy {metrics[M.ACCURACY]:.4f})")
 
-            outcome = run_trial(
-                config, base_recipe=self.base_recipe, dataset=settings.dataset, data_dir=settings.data_dir,
-                image_size=settings.resolved_image_size(), dataset_options=settings.dataset_options,
-                budgets=settings.budgets, latency=self.latency, report=report, on_cost=on_cost,
-            )  # fmt: skip
+            outcome = execute(config, settings, report=report, on_cost=on_cost)
         except Infeasible as error:
             trial.set_user_attr("status", "infeasible")
             trial.set_user_attr("reason", error.reason)
@@ -381,11 +379,8 @@ class _Objective:
             raise
         except _Surplus:
             raise
-        except InvalidConfig as error:
-            fail("failed", f"invalid config: {error}")
-            raise
-        except Exception as error:  # divergence, out of memory, a bug in a user's space: record, go on
-            fail("failed", f"{type(error).__name__}: {' '.join(str(error).split())}")
+        except Exception as error:  # invalid config, divergence, out of memory, a bug in a user's space: record, go on
+            fail("failed", failure_reason(error))
             raise
         trial.set_user_attr("status", "complete")
         trial.set_user_attr("model_config", outcome.model_config)
@@ -403,7 +398,7 @@ class _Objective:
 # --- worker loop and the search ----------------------------------------------------------------------------
 
 
-def _quiet_optuna() -> None:
+def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # we record failures ourselves, in one line each
 
 
@@ -421,7 +416,7 @@ def _save(study: optuna.Study, study_dir: Path) -> Any:
 
 def run_worker(settings: SearchSettings, worker: int = 0, *, on_trial: Callable[[Any], None] | None = None) -> None:
     """Run trials of ``settings``' study in this process until its budget is used up."""
-    _quiet_optuna()
+    quiet_optuna()
     storage = create_storage(settings)
     study = open_study(settings, storage, worker=worker)
     recover_dead_trials(study)
@@ -441,13 +436,13 @@ def _worker_entry(settings_dict: dict[str, Any], worker: int, threads: int, log_
     import torch
 
     torch.set_num_threads(threads)
-    _setup_log_file(Path(log_path))
+    setup_log_file(Path(log_path))
     settings = SearchSettings(**{**settings_dict, "objectives": tuple(settings_dict["objectives"])})
     with contextlib.suppress(KeyboardInterrupt):
         run_worker(settings, worker)
 
 
-def _setup_log_file(path: Path) -> logging.Handler:
+def setup_log_file(path: Path) -> logging.Handler:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter(f"%(asctime)s [pid {os.getpid()}] %(levelname)s %(message)s"))
@@ -457,7 +452,7 @@ def _setup_log_file(path: Path) -> logging.Handler:
     return handler
 
 
-class _Progress:
+class Progress:
     """The stderr progress bar: trials done / pruned / failed / infeasible, front size, best values, ETA."""
 
     def __init__(self, settings: SearchSettings, enabled: bool, already: int) -> None:
@@ -472,7 +467,7 @@ class _Progress:
     def update(self, table: Any) -> None:
         if self.bar is None:
             return
-        counts = _counts(table)
+        counts = state_counts(table)
         done = sum(counts[s] for s in COUNTED)
         self.bar.n = min(done, self.settings.n_trials)
         postfix = {"ok": counts["complete"], "pruned": counts["pruned"], "failed": counts["failed"],
@@ -501,9 +496,11 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
     with ``interrupted=True`` once the running trial is recorded.
     """
     settings.validate()
-    _quiet_optuna()
+    quiet_optuna()
     tic = time.perf_counter()
     study_dir = settings.study_dir
+    if (study_dir / "ray" / "identity.json").exists():
+        raise UserError(f"{study_dir} holds a Ray Tune experiment: re-run it with --backend ray, or pick another --study")
     created_dir = not study_dir.exists()
     try:
         storage = create_storage(settings)
@@ -515,12 +512,12 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
             shutil.rmtree(study_dir, ignore_errors=True)
         raise
     study_dir.mkdir(parents=True, exist_ok=True)
-    handler = _setup_log_file(study_dir / "log.txt")
+    handler = setup_log_file(study_dir / "log.txt")
     record = {**settings.to_dict(), "environment": environment(), "dataset_source": _dataset_source(settings)}
     (study_dir / "search.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     log.info("search %s: %s", settings.study_name, json.dumps(settings.to_dict(), default=str))
     table = results(study)
-    bar = _Progress(settings, progress, sum(_counts(table)[s] for s in COUNTED))
+    bar = Progress(settings, progress, sum(state_counts(table)[s] for s in COUNTED))
     interrupted = False
     try:
         if settings.workers == 1:
@@ -539,7 +536,7 @@ def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResu
         handler.close()
     table = _save(study, study_dir)
     return SearchResult(settings=settings, study_dir=study_dir, storage=_redact(settings.storage_url()), table=table,
-                        counts=_counts(table), front=pareto_front(table, settings.objectives),
+                        counts=state_counts(table), front=pareto_front(table, settings.objectives),
                         wall_s=time.perf_counter() - tic, interrupted=interrupted)
 
 
@@ -553,7 +550,7 @@ def _dataset_source(settings: SearchSettings) -> str:
     return data.source
 
 
-def _run_processes(settings: SearchSettings, study: optuna.Study, bar: _Progress) -> None:
+def _run_processes(settings: SearchSettings, study: optuna.Study, bar: Progress) -> None:
     """``settings.workers`` processes on one study; GPUs spread one per worker, cores shared evenly."""
     import multiprocessing
 

@@ -73,7 +73,7 @@ from gsa_search.trial import Infeasible, InvalidConfig
 
 from . import _process
 from ._trial_exec import execute, failure_reason, pareto_rule, sample_config
-from .optuna_runner import COUNTED, SearchResult, _counts, _Progress, _quiet_optuna, _setup_log_file, make_sampler
+from .optuna_runner import COUNTED, Progress, SearchResult, make_sampler, quiet_optuna, setup_log_file, state_counts
 from .ray_scheduler import STATUS, TRAINING, TRIAL_KEY, ParetoScheduler, RecordingASHA, read_decisions
 from .results import pareto_front, ray_rows, results_table, save_results
 from .settings import SearchSettings, UserError
@@ -170,7 +170,7 @@ def trainable(config: dict[str, Any], settings: dict[str, Any] | None = None) ->
 
     search = _settings_from(settings or {})
     torch.set_num_threads(search.ray_threads())
-    _quiet_optuna()
+    quiet_optuna()
     number = config.get(TRIAL_KEY)
     params = {k: v for k, v in config.items() if k != TRIAL_KEY}
     ident = _process.identity()
@@ -551,7 +551,7 @@ def run_ray_search(settings: SearchSettings, *, progress: bool = True) -> Search
     """
     settings.validate()
     settings = _absolute(settings)
-    _quiet_optuna()
+    quiet_optuna()
     tic = time.perf_counter()
     study_dir = settings.study_dir
     resume = _check_study(settings, study_dir)
@@ -574,12 +574,12 @@ def run_ray_search(settings: SearchSettings, *, progress: bool = True) -> Search
             if created_dir and study_dir.exists():
                 shutil.rmtree(study_dir, ignore_errors=True)
             raise
-        handler = _setup_log_file(study_dir / "log.txt")
+        handler = setup_log_file(study_dir / "log.txt")
         (study_dir / "search.json").write_text(json.dumps(settings.to_dict(), indent=2, default=str) + "\n")
         log.info("search %s (ray, %s): %s", settings.study_name, "resumed" if resume else "new",
                  json.dumps(settings.to_dict(), default=str))
         table = _table(ray_dir / EXPERIMENT, study_dir)
-        bar = _Progress(settings, progress, 0 if table is None else sum(_counts(table)[s] for s in COUNTED))
+        bar = Progress(settings, progress, 0 if table is None else sum(state_counts(table)[s] for s in COUNTED))
         _LIVE[str(study_dir)] = bar
         try:
             with _quiet_ray_logs():
@@ -600,7 +600,7 @@ def run_ray_search(settings: SearchSettings, *, progress: bool = True) -> Search
     if table is None:
         table = results_table([])
     save_results(table, study_dir)
-    counts = _counts(table)
+    counts = state_counts(table)
     if counts["running"] or counts["interrupted"] or counts["waiting"]:  # Ray stopped them on Ctrl-C
         interrupted = True
     return SearchResult(settings=settings, study_dir=study_dir, storage=str(study_dir / "ray" / EXPERIMENT),

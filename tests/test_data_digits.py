@@ -94,55 +94,167 @@ def test_digits_smallest_working_val_fraction_loads() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+# The sklearn classes of every digit image (the loader's pairs hold indices into load_digits()).
+@pytest.fixture(scope="module")
+def target() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return load_digits().target
+
+
 @pytest.fixture(scope="module")
 def pairs() -> DatasetBundle:
     return load_dataset("digits-pairs", seed=0, num_samples=1000)
 
 
+def test_pairs_defaults() -> None:
+    """The measured defaults (see load_digits_pairs' docstring): 12x12 canvas, 5-pixel digits, no
+    jitter, 5,000 pairs (4,000 train / 1,000 val), rule 'same'."""
+    import inspect
+
+    from gsa_search.data.digits_pairs import load_digits_pairs
+
+    defaults = {k: p.default for k, p in inspect.signature(load_digits_pairs).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert defaults == {"canvas": 12, "digit_size": 5, "jitter": 0, "num_samples": 5000, "val_fraction": 0.2,
+                        "rule": "same"}
+    bundle = load_dataset("digits-pairs")
+    assert bundle.train_x.shape == (4000, 1, 12, 12) and bundle.val_x.shape == (1000, 1, 12, 12)
+    assert bundle.classes == ("different", "same") and bundle.info["rule"] == "same"
+    assert "rule=same canvas=12 digit_size=5 jitter=0" in bundle.source
+
+
 def test_pairs_shapes_and_balance(pairs: DatasetBundle) -> None:
-    assert pairs.train_x.shape == (800, 1, 32, 32) and pairs.val_x.shape == (200, 1, 32, 32)
-    assert pairs.num_classes == 2 and not pairs.flip
-    assert abs(float(pairs.train_y.float().mean()) - 0.5) < 0.01
-    assert abs(float(pairs.val_y.float().mean()) - 0.5) < 0.01
+    assert pairs.train_x.shape == (800, 1, 12, 12) and pairs.val_x.shape == (200, 1, 12, 12)
+    assert pairs.num_classes == 2 and not pairs.flip and pairs.image_size == 12
+    assert int(pairs.train_y.sum()) == 400 and int(pairs.val_y.sum()) == 100  # exactly balanced
     assert not pairs.has_test
 
 
-def test_pairs_digits_sit_in_opposite_corners(pairs: DatasetBundle) -> None:
-    raw = pairs.unnormalize(pairs.train_x)[:, 0]  # (N, 32, 32)
+def test_pairs_digits_sit_in_separated_opposite_corners(pairs: DatasetBundle) -> None:
+    raw = pairs.unnormalize(pairs.train_x)[:, 0]  # (N, 12, 12)
     ink = raw.abs() > 1e-4
-    corner = 8 + 2  # digit_size + jitter
-    top_left = torch.zeros(32, 32, dtype=torch.bool)
-    top_left[:corner, :corner] = True
+    top_left = torch.zeros(12, 12, dtype=torch.bool)
+    top_left[:5, :5] = True  # digit_size 5, jitter 0
     bottom_right = top_left.flip(0).flip(1)
     assert not ink[:, ~(top_left | bottom_right)].any(), "ink outside the two corner regions"
     assert ink[:, top_left].any(dim=1).all() and ink[:, bottom_right].any(dim=1).all()
-    # The regions are far apart: 12 empty rows and columns between them.
-    assert 32 - 2 * corner == 12
+    # A 2-pixel empty gutter separates the regions on each axis: the digits never touch.
+    assert not ink[:, 5:7, :].any() and not ink[:, :, 5:7].any()
 
 
-def test_pairs_labels_match_source_classes(pairs: DatasetBundle) -> None:
-    from sklearn.datasets import load_digits
+def test_pairs_jitter_stays_inside_the_corner_regions() -> None:
+    bundle = load_dataset("digits-pairs", seed=0, num_samples=200, canvas=20, digit_size=6, jitter=2)
+    ink = bundle.unnormalize(bundle.train_x)[:, 0].abs() > 1e-4
+    corner = torch.zeros(20, 20, dtype=torch.bool)
+    corner[:8, :8] = True  # digit_size + jitter
+    assert not ink[:, ~(corner | corner.flip(0).flip(1))].any()
+    # jitter moves the digits: some image has ink in row 7 (a digit shifted by 2), some none there
+    assert ink[:, 7, :8].any() and not ink[:, 7, :8].any(dim=1).all()
 
-    target = load_digits().target
-    pair_idx = pairs.info["train_pairs"]
-    same = target[pair_idx[:, 0]] == target[pair_idx[:, 1]]
-    assert np.array_equal(same.astype(np.int64), pairs.train_y.numpy())
+
+def test_pair_label_on_hand_made_pairs() -> None:
+    from gsa_search.data.digits_pairs import RULES, pair_label
+
+    assert set(RULES) == {"same", "greater", "parity"}
+    assert [pair_label("same", a, b) for a, b in [(3, 3), (0, 0), (3, 8), (9, 1)]] == [1, 1, 0, 0]
+    assert [pair_label("greater", a, b) for a, b in [(7, 2), (1, 0), (2, 7), (0, 9), (4, 4)]] == [1, 1, 0, 0, 0]
+    assert [pair_label("parity", a, b) for a, b in [(2, 7), (1, 0), (3, 5), (4, 4), (0, 0), (9, 8)]] == [1, 1, 0, 0, 0, 1]
+    with pytest.raises(DatasetError, match=r"^digits-pairs: option rule must be one of 'same', 'greater', 'parity', got 'xor'$"):
+        pair_label("xor", 1, 2)
 
 
-def test_pairs_train_and_val_digits_are_disjoint(pairs: DatasetBundle) -> None:
+@pytest.mark.parametrize("rule", ["same", "greater", "parity"])
+def test_pairs_labels_follow_the_rule_and_are_balanced(rule: str, target: np.ndarray) -> None:
+    from gsa_search.data.digits_pairs import pair_label
+
+    bundle = load_dataset("digits-pairs", seed=0, num_samples=600, rule=rule)
+    for split in ("train", "val"):
+        idx = bundle.info[f"{split}_pairs"]
+        y = getattr(bundle, f"{split}_y").numpy()
+        expected = [pair_label(rule, a, b) for a, b in zip(target[idx[:, 0]], target[idx[:, 1]])]
+        assert np.array_equal(np.asarray(expected), y)
+        assert 2 * int(y.sum()) == len(y)
+        assert (idx[:, 0] != idx[:, 1]).all(), "a pair is two different images"
+    classes = target[bundle.info["train_pairs"]]
+    if rule == "greater":
+        assert (classes[:, 0] != classes[:, 1]).all(), "'greater' never draws a tie"
+    # every class occurs in both corners (the sampler is not stuck on a subset)
+    assert set(classes[:, 0]) == set(range(10)) and set(classes[:, 1]) == set(range(10))
+    assert bundle.classes == {"same": ("different", "same"), "greater": ("smaller", "greater"),
+                              "parity": ("even sum", "odd sum")}[rule]
+
+
+def test_pairs_same_class_pairs_use_two_images_of_the_class(pairs: DatasetBundle, target: np.ndarray) -> None:
+    idx = pairs.info["train_pairs"]
+    same = pairs.train_y.numpy() == 1
+    assert (target[idx[same, 0]] == target[idx[same, 1]]).all()
+    assert (idx[same, 0] != idx[same, 1]).all()
+
+
+def test_pairs_validation_uses_only_held_out_digits(pairs: DatasetBundle, target: np.ndarray) -> None:
+    train_digits, val_digits = pairs.info["train_digits"], pairs.info["val_digits"]
+    assert set(train_digits.tolist()).isdisjoint(val_digits.tolist())
+    assert len(train_digits) + len(val_digits) == len(target)
     train_used = set(pairs.info["train_pairs"].ravel().tolist())
     val_used = set(pairs.info["val_pairs"].ravel().tolist())
     assert train_used.isdisjoint(val_used)
-    assert train_used <= set(pairs.info["train_digits"].tolist())
-    assert val_used <= set(pairs.info["val_digits"].tolist())
-    assert {"canvas", "digit_size", "jitter"} <= set(pairs.info)
+    assert train_used <= set(train_digits.tolist()) and val_used <= set(val_digits.tolist())
+    assert {"canvas", "digit_size", "jitter", "rule"} <= set(pairs.info)
+
+
+def test_pairs_pixels_are_the_listed_digits(pairs: DatasetBundle) -> None:
+    """The image really holds the digits named in info: rebuild one pair from the source."""
+    from gsa_search.data._common import resize
+    from gsa_search.data.digits import digits_source
+
+    images = torch.from_numpy(digits_source()[0]).unsqueeze(1)
+    raw = pairs.unnormalize(pairs.val_x)[:, 0]
+    for i in (0, 7):
+        a, b = pairs.info["val_pairs"][i]
+        assert torch.allclose(raw[i, :5, :5], resize(images[a : a + 1], 5)[0, 0], atol=1e-5)
+        assert torch.allclose(raw[i, 7:, 7:], resize(images[b : b + 1], 5)[0, 0], atol=1e-5)
 
 
 def test_pairs_deterministic_per_seed(pairs: DatasetBundle) -> None:
     again = load_dataset("digits-pairs", seed=0, num_samples=1000)
     assert torch.equal(again.train_x, pairs.train_x) and torch.equal(again.val_y, pairs.val_y)
+    assert np.array_equal(again.info["val_pairs"], pairs.info["val_pairs"])
     other = load_dataset("digits-pairs", seed=1, num_samples=1000)
     assert not torch.equal(other.train_x, pairs.train_x)
+
+
+def test_pairs_old_geometry_and_resizing_still_load() -> None:
+    """The previous defaults stay valid options (32x32 canvas, 8-pixel digits, jitter 2)."""
+    old = load_dataset("digits-pairs", num_samples=100, canvas=32, digit_size=8, jitter=2)
+    assert old.train_x.shape == (80, 1, 32, 32)
+    resized = load_dataset("digits-pairs", num_samples=100, image_size=24)
+    assert resized.train_x.shape == (80, 1, 24, 24) and "resized to 24x24" in resized.source
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"rule": "xor"}, r"^digits-pairs: option rule must be one of 'same', 'greater', 'parity', got 'xor'$"),
+        ({"rule": 1}, r"^digits-pairs: option rule must be one of .*, got 1$"),
+        ({"canvas": 10}, r"^digits-pairs: canvas 10 is too small for two separated corner regions of "
+                         r"digit_size \+ jitter = 5 pixels; need canvas >= 2 \* \(digit_size \+ jitter\) \+ 1 = 11$"),
+        ({"canvas": 16, "digit_size": 8}, r"need canvas >= .* = 17$"),
+        ({"jitter": 1}, r"need canvas >= .* = 13$"),
+        ({"digit_size": 1}, r"^digits-pairs: option digit_size must be an integer >= 2, got 1$"),
+        ({"jitter": -1}, r"^digits-pairs: option jitter must be an integer >= 0, got -1$"),
+        ({"num_samples": 2.5}, r"^digits-pairs: option num_samples must be an integer >= 4, got 2.5$"),
+    ],
+)
+def test_pairs_bad_options(options: dict, message: str) -> None:
+    with pytest.raises(DatasetError, match=message) as info:
+        load_dataset("digits-pairs", **options)
+    assert "\n" not in str(info.value)
+
+
+def test_pairs_smallest_separated_canvas_loads() -> None:
+    bundle = load_dataset("digits-pairs", num_samples=20, canvas=11)
+    assert bundle.train_x.shape[-1] == 11
 
 
 def test_pairs_split_leaving_no_training_pairs_is_an_error() -> None:
