@@ -19,7 +19,7 @@ from typing import Any
 
 from gsa_search import metrics as M
 from gsa_search.data import list_datasets
-from gsa_search.trainer import DIGITS_IMAGE_SIZE, DIGITS_RECIPE, Recipe
+from gsa_search.trainer import DIGITS_IMAGE_SIZE, DIGITS_PAIRS_RECIPE, DIGITS_RECIPE, Recipe
 from gsa_search.trial import Budgets
 
 __all__ = [
@@ -60,7 +60,9 @@ def suggest(name: str, known: list[str]) -> str:
 
 
 def default_recipe(dataset: str) -> Recipe:
-    """The base recipe: the tuned digits proxy recipe for the digits datasets, else ``Recipe()``."""
+    """The base recipe: the tuned proxy recipes for ``digits`` and ``digits-pairs``, else ``Recipe()``."""
+    if dataset == "digits-pairs":
+        return DIGITS_PAIRS_RECIPE
     return DIGITS_RECIPE if dataset.startswith("digits") else Recipe()
 
 
