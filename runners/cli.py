@@ -467,8 +467,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         reports_dir=args.reports_dir,
     )  # fmt: skip
     result = run_search(settings, progress=not args.quiet and not args.json)
-    _emit(args, result.to_json(), _front_text(result))
-    return EXIT_INTERRUPTED if result.interrupted else 0
+    if result.interrupted:
+        _emit(args, result.to_json(), _front_text(result))
+        return EXIT_INTERRUPTED
+    from .report_cmd import report_main
+
+    report, report_text = report_main(result.study_dir)
+    _emit(args, {**result.to_json(), "report": report}, f"{_front_text(result)}\n{report_text}")
+    return 0
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:

@@ -128,3 +128,14 @@ def test_ablate_a_study_file_through_the_cli(tmp_path):
     assert isinstance(doc, dict)
     again = _run("ablate", "tiny.toml", "--json", "--quiet", "--threads", "1", cwd=tmp_path)
     assert again.returncode == 0 and len(__import__("pandas").read_csv(folder / "trials.csv")) == 4  # nothing rerun
+
+
+def test_demo_runs_the_search_and_its_report_and_resumes(tmp_path):
+    args = ("demo", "--trials", "2", "--epochs", "1", "--device", "cpu", "--json", "--reports-dir", str(tmp_path / "r"))
+    first = _run(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    doc = json.loads(first.stdout)
+    assert doc["trials"] == 2 and doc["objectives"] == ["accuracy", "flops"] and doc["pareto_front"]
+    assert (tmp_path / "r" / "demo-search" / "report.html").exists() and doc["report"]["front_size"] >= 1
+    again = json.loads(_run(*args, cwd=tmp_path).stdout)
+    assert again["trials"] == 2 and again["pareto_front"] == doc["pareto_front"]  # reused, not retrained
