@@ -163,7 +163,12 @@ def report_main(study_dir: Path, *, json_out: bool = False) -> tuple[dict[str, A
         raise UserError(f"{study_dir} has no results table (trials.parquet or trials.csv): run "
                         f"`{_study_command(study_dir)}` first (a search writes it after its first trial){hint}")
     try:
-        paths = build_report(study_dir, importance=param_importances)
+        comparisons = None
+        if (study_dir / "ablation.csv").exists():  # an ablation: its comparisons with the baseline
+            import pandas as pd
+
+            comparisons = pd.read_csv(study_dir / "ablation.csv")
+        paths = build_report(study_dir, importance=param_importances, comparisons=comparisons)
     except ValueError as error:
         raise UserError(f"{study_dir}: {error}") from None
     summary = paths.summary

@@ -128,6 +128,9 @@ def test_ablate_a_study_file_through_the_cli(tmp_path):
     assert isinstance(doc, dict)
     again = _run("ablate", "tiny.toml", "--json", "--quiet", "--threads", "1", cwd=tmp_path)
     assert again.returncode == 0 and len(__import__("pandas").read_csv(folder / "trials.csv")) == 4  # nothing rerun
+    assert _run("report", "tiny", "--quiet", cwd=tmp_path).returncode == 0
+    page = (folder / "report.html").read_text()
+    assert "Ablation comparisons" in page and "width=narrow" in page
 
 
 def test_demo_runs_the_search_and_its_report_and_resumes(tmp_path):
