@@ -91,19 +91,20 @@ a registered name, ``FILE.py:NAME`` or ``FILE.toml``. Shipped studies: :mod:`sea
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from gsa_search import metrics as M
 from gsa_search.config import ConfigMixin
+from gsa_search.models.presets import apply_overrides as _apply_model_overrides
 from gsa_search.registry import Registry
 from gsa_search.trainer import Recipe
 from gsa_search.trial import InvalidConfig, TrialConfig
+
+from ._files import import_user_file
 
 __all__ = [
     "AblationStudy",
@@ -138,14 +139,11 @@ class StudyError(ValueError):
 # --- overrides -----------------------------------------------------------------------------------------
 
 
-def _field_names(cfg: Any) -> set[str]:
-    return {f.name for f in dataclasses.fields(cfg)}
-
-
 def apply_overrides(cfg: Any, overrides: Mapping[str, Any]) -> Any:
     """``cfg`` (a backbone config) with ``overrides`` applied by the rules of
-    :func:`~gsa_search.models.model_config`: model fields are replaced first, then every other name
-    is set on each stage's mixer that has that field; a name neither knows is a ``ValueError``.
+    :func:`~gsa_search.models.model_config` (:func:`gsa_search.models.apply_overrides`), except the
+    fields the dataset sets when a trial runs (classes, channels, image size), which a level may not
+    change.
 
     Example:
         >>> from gsa_search.models import model_config
@@ -153,30 +151,12 @@ def apply_overrides(cfg: Any, overrides: Mapping[str, Any]) -> Any:
         >>> {m.positional for m in cfg.mixers}
         {'none'}
     """
-    model_fields = _field_names(cfg)
+    model_fields = {f.name for f in dataclasses.fields(cfg)}
     data_fields = sorted(set(overrides) & set(_DATA_FIELDS) & model_fields)
     if data_fields:
         raise ValueError(f"{', '.join(data_fields)} cannot be overridden: the dataset sets it when a trial runs "
                          "(set the baseline's image_size or dataset instead)")
-    if "feature_size" in overrides and "feature_size" not in model_fields:
-        raise ValueError("feature_size cannot be overridden: the backbone sets each stage's feature_size from "
-                         "image_size")
-    model_changes = {k: v for k, v in overrides.items() if k in model_fields}
-    mixer_changes = {k: v for k, v in overrides.items() if k not in model_fields}
-    if model_changes:
-        cfg = cfg.replace(**model_changes)
-    if mixer_changes:
-        mixers = list(getattr(cfg, "mixers", ()))
-        for key in mixer_changes:
-            if not any(key in _field_names(m) for m in mixers):
-                known = sorted(model_fields.union(*(_field_names(m) for m in mixers)) - set(_DATA_FIELDS))
-                kinds = sorted({getattr(m, "block_type", type(m).__name__) for m in mixers})
-                raise ValueError(f"unknown override {key!r} (not a model field, nor a field of the mixers "
-                                 f"{', '.join(kinds) or '(none)'}); allowed: {', '.join(known)}")
-        cfg = cfg.replace(mixers=tuple(
-            m.replace(**{k: v for k, v in mixer_changes.items() if k in _field_names(m)}) for m in mixers
-        ))
-    return cfg
+    return _apply_model_overrides(cfg, overrides)
 
 
 def _plain(value: Any) -> Any:
@@ -709,22 +689,12 @@ def load_study(spec: str | AblationStudy) -> AblationStudy:
 
 
 def _load_python(path: Path, attr: str | None) -> AblationStudy:
-    if not path.is_file():
-        raise StudyError(f"study file {path} does not exist (expected FILE.py:NAME)")
-    module_name = f"_gsa_user_study_{abs(hash(str(path.resolve())))}"
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise StudyError(f"cannot import {path} as a Python module")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_name] = module
     try:
-        module_spec.loader.exec_module(module)
-    except StudyError as error:
-        del sys.modules[module_name]
-        raise StudyError(f"{path}: {error}") from None
-    except Exception as error:  # a user's file: its error in one line
-        del sys.modules[module_name]
-        raise StudyError(f"importing {path} failed: {type(error).__name__}: {error}") from None
+        module = import_user_file(path, kind="study", passthrough=StudyError)
+    except StudyError:
+        raise
+    except ValueError as error:
+        raise StudyError(str(error)) from None
     found = {n: v for n, v in vars(module).items() if isinstance(v, AblationStudy) and not n.startswith("_")}
     if attr is None:
         if len(found) != 1:

@@ -11,13 +11,13 @@ gets a new name.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from gsa_search.registry import Registry
 from gsa_search.trial import TrialConfig
+
+from ._files import import_user_file
 
 __all__ = ["SpaceFn", "register_space", "get_space", "list_spaces", "space_name"]
 
@@ -62,20 +62,8 @@ def get_space(spec: str | SpaceFn) -> SpaceFn:
     path_text, sep, function = spec.rpartition(":")
     if not sep or not path_text.endswith(".py"):
         _SPACES.get(spec)  # raises: unknown name, listing the known ones
+    module = import_user_file(Path(path_text).expanduser(), kind="search space")
     path = Path(path_text).expanduser()
-    if not path.is_file():
-        raise ValueError(f"search space file {path} does not exist (expected FILE.py:FUNCTION)")
-    module_name = f"_gsa_user_space_{abs(hash(str(path.resolve())))}"
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise ValueError(f"cannot import {path} as a Python module")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as error:  # a user's file: report its error in one line
-        del sys.modules[module_name]
-        raise ValueError(f"importing {path} failed: {type(error).__name__}: {error}") from None
     fn = getattr(module, function, None)
     if not callable(fn):
         found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))

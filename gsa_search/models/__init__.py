@@ -14,7 +14,7 @@ from .base import (
     model_config_from_dict,
     register_backbone,
 )
-from .presets import DEPTHS, create_model, list_models, model_config, register_model
+from .presets import DEPTHS, apply_overrides, create_model, list_models, model_config, register_model
 from .resnet import Bottleneck, GSAResNet, ModelConfig, stage_feature_sizes
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "BackboneConfig",
     "Bottleneck",
     "GSAResNet",
+    "apply_overrides",
     "ModelConfig",
     "backbone_config_class",
     "build_model",

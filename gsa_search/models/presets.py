@@ -12,7 +12,7 @@ the bottleneck width, with global axial positional attention in every stage.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
@@ -21,7 +21,7 @@ from ..registry import Registry
 from .base import BackboneConfig, build_model
 from .resnet import ModelConfig
 
-__all__ = ["register_model", "create_model", "list_models", "model_config", "DEPTHS"]
+__all__ = ["register_model", "create_model", "list_models", "model_config", "apply_overrides", "DEPTHS"]
 
 DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
 
@@ -48,11 +48,24 @@ def model_config(name: str, **overrides: Any) -> BackboneConfig:
     that neither the model nor any of its mixers knows is an error. ``feature_size`` is not an
     override: the backbone derives each stage's map size from ``image_size`` (set that instead).
     """
-    cfg = _MODELS.get(name)()
+    return apply_overrides(_MODELS.get(name)(), overrides, owner=name)
+
+
+def apply_overrides(cfg: BackboneConfig, overrides: Mapping[str, Any], *, owner: str | None = None) -> BackboneConfig:
+    """``cfg`` with ``overrides`` applied by the rules of :func:`model_config` (model fields first,
+    then every other name on each stage's mixer that has that field; an unknown name or a
+    ``feature_size`` is a ``ValueError``, prefixed with ``owner`` when given).
+
+    Example:
+        >>> cfg = apply_overrides(model_config("proxy_gsa_resnet"), {"positional": "none"})
+        >>> {m.positional for m in cfg.mixers}
+        {'none'}
+    """
+    prefix = f"{owner}: " if owner else ""
     model_fields = {f.name for f in dataclasses.fields(cfg)}
     if "feature_size" in overrides and "feature_size" not in model_fields:
         raise ValueError(
-            f"{name}: feature_size={overrides['feature_size']!r} cannot be overridden: the backbone sets each "
+            f"{prefix}feature_size={overrides['feature_size']!r} cannot be overridden: the backbone sets each "
             f"stage's feature_size from image_size; set image_size instead"
         )
     model_changes = {k: v for k, v in overrides.items() if k in model_fields}
@@ -64,7 +77,7 @@ def model_config(name: str, **overrides: Any) -> BackboneConfig:
         for key in mixer_changes:
             if not any(key in _field_names(m) for m in mixers):
                 known = sorted(model_fields.union(*(_field_names(m) for m in mixers)))
-                raise ValueError(f"{name}: unknown override {key!r}; allowed: {', '.join(known)}")
+                raise ValueError(f"{prefix}unknown override {key!r}; allowed: {', '.join(known)}")
         mixers = [
             m.replace(**{k: v for k, v in mixer_changes.items() if k in _field_names(m)}) for m in mixers
         ]
