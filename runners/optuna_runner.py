@@ -377,13 +377,10 @@ class _Objective:
         except KeyboardInterrupt:
             fail("interrupted", "interrupted by the user (Ctrl-C) while training; it will run again on resume")
             raise
-        except _Surplus:
-            raise
         except Exception as error:  # invalid config, divergence, out of memory, a bug in a user's space: record, go on
             fail("failed", failure_reason(error))
             raise
         trial.set_user_attr("status", "complete")
-        trial.set_user_attr("model_config", outcome.model_config)
         trial.set_user_attr("config", {**config.to_dict(), "model": outcome.model_config, "recipe": outcome.recipe})
         trial.set_user_attr("metrics", {k: v for k, v in outcome.metrics.items() if not (isinstance(v, float) and math.isnan(v))})
         values = self._values(outcome.metrics)
