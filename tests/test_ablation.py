@@ -395,3 +395,56 @@ def test_the_ray_backend_runs_every_pair_once_and_resumes(ray_address, tmp_path)
     assert len(again.table) == 4
     pd.testing.assert_frame_equal(again.runs[["cell", "seed", "state", "accuracy"]],
                                   first.runs[["cell", "seed", "state", "accuracy"]])
+
+
+@pytest.mark.slow
+def test_an_ablation_killed_mid_run_resumes_without_retraining_finished_cells(tmp_path):
+    """SIGKILL ``gsa-search ablate`` while a cell trains, re-run the same command: every (cell, seed)
+    that had finished keeps its result (not retrained), the rest run once, and all pairs end complete."""
+    import os
+    import signal
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from tests.services import GsaSearch, wait_until
+
+    (tmp_path / "k.toml").write_text(
+        'name = "k"\nseeds = 2\n\n[baseline]\nmodel = "proxy_resnet"\ndataset = "synthetic"\nimage_size = 8\n'
+        'dataset_options = { num_samples = 512 }\n\n[baseline.recipe]\nepochs = 3\n\n'
+        '[factors.width]\nnarrow = { width_multiplier = 0.5 }\n'
+    )
+    gsa = GsaSearch(tmp_path, tmp_path / "logs")
+    storage = f"sqlite:///{tmp_path / 'reports' / 'k' / 'study.db'}"
+    args = ["ablate", "k.toml", "--quiet", "--threads", "1"]
+    try:
+        run = gsa.start(args)
+
+        def finished_and_running():
+            try:
+                trials = optuna.load_study(study_name="k", storage=storage).get_trials(deepcopy=False)
+            except Exception:  # noqa: BLE001 - the study does not exist yet
+                return None
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            running = [t for t in trials if t.state == TrialState.RUNNING and "cost" in t.user_attrs]
+            return (done, running) if len(done) >= 1 and running else None
+
+        wait_until(finished_and_running, timeout=120, alive=run, what="a finished and a training pair")
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(30)
+        before = {(t.params["cell"], t.params["seed"]): (t.number, t.values)
+                  for t in optuna.load_study(study_name="k", storage=storage).trials
+                  if t.state == TrialState.COMPLETE}
+        assert 1 <= len(before) < 4
+        gsa.run(args, timeout=180)
+    finally:
+        gsa.kill_all()
+    trials = optuna.load_study(study_name="k", storage=storage).trials
+    complete = {(t.params["cell"], t.params["seed"]): (t.number, t.values)
+                for t in trials if t.state == TrialState.COMPLETE}
+    assert sorted(complete) == [("baseline", 0), ("baseline", 1), ("width=narrow", 0), ("width=narrow", 1)]
+    for pair, result in before.items():
+        assert complete[pair] == result, pair  # the same trial, not a retrained copy
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    cells = __import__("pandas").read_csv(tmp_path / "reports" / "k" / "cells.csv")
+    assert set(cells["cell"]) == {"baseline", "width=narrow"}
