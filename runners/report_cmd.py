@@ -165,8 +165,6 @@ def report_main(study_dir: Path, *, json_out: bool = False) -> tuple[dict[str, A
     try:
         comparisons = None
         if (study_dir / "ablation.csv").exists():  # an ablation: its comparisons with the baseline
-            import pandas as pd
-
             comparisons = pd.read_csv(study_dir / "ablation.csv")
         paths = build_report(study_dir, importance=param_importances, comparisons=comparisons)
     except ValueError as error:
