@@ -36,7 +36,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence

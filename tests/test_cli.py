@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 CLI = [sys.executable, "-m", "runners.cli"]
 ROOT = Path(__file__).resolve().parents[1]
