@@ -133,6 +133,46 @@ def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in _RECIPE_FLAGS if getattr(args, k, None) is not None}
 
 
+def _config_option(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help=f"a study file (TOML or YAML) holding any of this command's options by their long names; "
+                        f"flags override it; the resolved options are saved as reports/STUDY/config.toml "
+                        f"(see search_spaces/demo/*.toml)")
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps subparsers there
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            return action.choices[command]
+    raise KeyError(command)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a command line; with ``--config FILE`` the file's options become the defaults, so
+    flags given on the line override them."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        from .study_file import load_config
+
+        sub = _subparser(parser, args.command)
+        sub.set_defaults(**load_config(args.config, args.command, sub))
+        args = parser.parse_args(argv)
+    return args
+
+
+def _save_config(args: argparse.Namespace, study_dir: Path, **resolved: Any) -> Path | None:
+    """Write the resolved options beside the results (``study_dir/config.toml``)."""
+    if not study_dir.is_dir():
+        return None
+    from .study_file import resolved_config, write_config
+
+    config = resolved_config(args, _subparser(build_parser(), args.command), args.command, **resolved)
+    header = (f"Resolved options of `gsa-search {args.command}` for this study; re-run (or resume) it with\n"
+              f"  gsa-search {args.command} --config {study_dir / 'config.toml'}")
+    return write_config(study_dir / "config.toml", config, header=header)
+
+
 # --- the parser ----------------------------------------------------------------------------------------
 
 
@@ -196,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "      --storage postgresql+psycopg://user:pw@db:5432/optuna --study shared\n"
                               "  gsa-search search --backend ray --address 127.0.0.1:6379 --objectives accuracy,flops \\\n"
                               "      --trials 50 --gpus-per-trial 0.5")
+    _config_option(p, "search")
     p.add_argument("--space", default="gsa_block_v1", help="registered space (see `gsa-search list spaces`) or FILE.py:FUNCTION")
     p.add_argument("--objectives", default="accuracy", help="comma-separated subset of accuracy,flops,params,latency_ms")
     p.add_argument("--trials", type=_positive_int, default=20, help="trial budget of the study (default %(default)s)")
@@ -228,7 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="Examples:\n"
                               "  gsa-search ablate gsa_content_positional_v1 --seeds 3\n"
                               "  gsa-search ablate search_spaces/studies/gsa_block_type_v1.toml --epochs 4")
-    p.add_argument("spec", help="a registered study (see `gsa-search list studies`), FILE.toml or FILE.py:NAME")
+    _config_option(p, "ablate")
+    p.add_argument("spec", nargs="?", default=None,
+                   help="a registered study (see `gsa-search list studies`), FILE.toml or FILE.py:NAME "
+                        "(or `spec` in --config)")
     p.add_argument("--seeds", default=None, help="a count (3) or a list (0,1,2); default: the study's")
     p.add_argument("--backend", default="optuna", help="optuna (default) | ray")
     p.add_argument("--study", dest="study_name", default=None, help="study name and folder (default: the study's name)")
@@ -247,14 +291,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="a study name (a folder under --reports-dir)")
     p.add_argument("--reports-dir", default="reports", help="where study folders live (default %(default)s)")
 
-    p = sub.add_parser("demo", parents=[output], help="the main job on the bundled digits data",
-                       description="A small multi-objective accuracy/FLOPs search over gsa_block_v1 on digits "
-                                   "(resumable), then its Pareto front.",
-                       epilog="Example: gsa-search demo --trials 8")
-    p.add_argument("--trials", type=_positive_int, default=8)
-    p.add_argument("--epochs", type=_positive_int, default=4)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--reports-dir", default="reports")
+    p = sub.add_parser("demo", parents=[output], help="the main job: a search, two ablations and their reports",
+                       description="On the bundled digits-pairs data: a multi-objective accuracy/FLOPs search over "
+                                   "gsa_block_v1 with Pareto-aware pruning, the content/positional ablation and the "
+                                   "block-type ablation (3 seeds each), then the report of each. The studies are the "
+                                   "files in search_spaces/demo/. Re-running reuses every finished trial; "
+                                   "interrupted, it continues where it stopped.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Examples:\n  gsa-search demo\n"
+                              "  gsa-search demo --reports-dir reports/reference   # rebuild the reference reports")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: CUDA when present)")
+    p.add_argument("--reports-dir", default="reports", help="where study folders live (default %(default)s)")
     return parser
 
 
@@ -425,7 +472,8 @@ def _front_text(result: Any) -> str:
     return "\n".join(lines)
 
 
-def _cmd_search(args: argparse.Namespace) -> int:
+def _run_search_args(args: argparse.Namespace) -> Any:
+    """Run (or resume) the search the parsed options describe; saves its config.toml."""
     settings = _search_settings(args)
     if settings.backend == "ray":
         settings.validate()  # before importing Ray (a second or two)
@@ -434,6 +482,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
         from .optuna_runner import run_search
 
     result = run_search(settings, progress=not args.quiet and not args.json)
+    _save_config(args, result.study_dir, study=settings.study_name, seed=settings.seed)
+    return result
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    result = _run_search_args(args)
     _emit(args, result.to_json(), _front_text(result))
     if result.interrupted:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
@@ -441,36 +495,132 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .optuna_runner import run_search
-    from .settings import SearchSettings
+DEMO_FILES = ("search.toml", "content_positional.toml", "block_type.toml")
 
-    settings = SearchSettings(
-        space="gsa_block_v1", objectives=("accuracy", "flops"), n_trials=args.trials, study="demo-search",
-        sampler="tpe", seed=0, dataset="digits", recipe={"epochs": args.epochs, "device": args.device},
-        reports_dir=args.reports_dir,
-    )  # fmt: skip
-    result = run_search(settings, progress=not args.quiet and not args.json)
-    if result.interrupted:
-        _emit(args, result.to_json(), _front_text(result))
-        return EXIT_INTERRUPTED
+
+def demo_files() -> list[Path]:
+    """The demo's study files (``search_spaces/demo/``), in the order the demo runs them."""
+    import search_spaces
+
+    folder = Path(search_spaces.__file__).parent / "demo"
+    return [folder / name for name in DEMO_FILES]
+
+
+def _demo_workers(device: str) -> tuple[int, int]:
+    """Worker processes and torch threads per worker for the demo: one worker on a GPU; on CPU up
+    to four, each with an equal share of the cores (two 2-thread processes on 2 cores are slower
+    than two 1-thread ones)."""
+    import os
+
+    from gsa_search.device import resolve_device
+
+    if resolve_device(device).type == "cuda":
+        return 1, max(1, (os.cpu_count() or 1) // 2)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(4, cores))
+    return workers, max(1, cores // workers)
+
+
+def _verdicts(document: dict[str, Any]) -> list[str]:
+    rows = [r for r in document.get("comparisons") or [] if r.get("metric") == document.get("primary_metric")]
+    summary = {(r["cell"], r["metric"]): r for r in document.get("summary") or []}
+    lines = []
+    for row in rows:
+        cell = summary.get((row["cell"], row["metric"]), {})
+        base = summary.get((document["baseline"], row["metric"]), {})
+        low, high = row.get("ci_low"), row.get("ci_high")
+        interval = f"[{low:+.3f}, {high:+.3f}]" if low is not None and high is not None else "[-]"
+        mean = cell.get("mean")
+        base_mean = base.get("mean")
+        level = f"{mean:.3f}" if mean is not None else "-"
+        base_level = f"{base_mean:.3f}" if base_mean is not None else "-"
+        difference = row.get("difference")
+        diff = f"{difference:+.3f}" if difference is not None else "-"
+        lines.append(f"  {row['cell']}: {level} vs baseline {base_level}, difference {diff} {interval}: {row['verdict']}")
+    return lines
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
     from .report_cmd import report_main
 
-    report, report_text = report_main(result.study_dir)
-    _emit(args, {**result.to_json(), "report": report}, f"{_front_text(result)}\n{report_text}")
-    return 0
+    device = args.device or "auto"
+    workers, threads = _demo_workers(device)
+    started = time.perf_counter()
+    steps, lines = [], []
+    if not args.quiet:
+        print(f"gsa-search demo: {len(demo_files())} studies ({workers} worker(s) x {threads} thread(s), device "
+              f"{device}); results and reports in {args.reports_dir}/", file=sys.stderr)
+    for path in demo_files():
+        command = _file_command(path)
+        argv = [command, "--config", str(path), "--reports-dir", args.reports_dir, "--workers", str(workers),
+                "--threads", str(threads), "--device", device]
+        if args.quiet or args.json:
+            argv.append("--quiet")
+        step_args = parse_args(argv)
+        step_started = time.perf_counter()
+        if command == "search":
+            result = _run_search_args(step_args)
+            document, study_dir, interrupted = result.to_json(), result.study_dir, result.interrupted
+            summary = _front_text(result)
+        else:
+            document, _ = _run_ablate_args(step_args, json_out=True)
+            study_dir, interrupted = Path(document["study_dir"]), bool(document.get("interrupted"))
+            summary = "\n".join([f"ablation {document['study']} ({len(document['seeds'])} seeds): accuracy, cell vs "
+                                 "baseline, 95% CI of the difference, verdict (Holm-corrected)", *_verdicts(document)])
+        step = {"file": str(path), "command": command, "study": document["study"], "study_dir": str(study_dir),
+                "seconds": round(time.perf_counter() - step_started, 1), "interrupted": interrupted}
+        if interrupted:
+            steps.append(step)
+            lines.append(summary)
+            break
+        report, _ = report_main(study_dir)
+        step["report"] = next((f for f in report["files"] if f.endswith("report.html")), None)
+        step["seconds"] = round(time.perf_counter() - step_started, 1)
+        step["result"] = document
+        steps.append(step)
+        lines += [summary, f"report: {step['report']} (and report.md)", ""]
+    wall = time.perf_counter() - started
+    interrupted = any(s["interrupted"] for s in steps)
+    if interrupted:
+        lines.append("interrupted: re-run `make demo` (or `gsa-search demo`) to continue; finished trials are kept")
+    else:
+        lines.append(f"demo finished in {wall:.0f} s: " + ", ".join(f"{s['study']} {s['seconds']:.0f} s" for s in steps))
+    _emit(args, {"steps": steps, "wall_s": round(wall, 1), "interrupted": interrupted}, "\n".join(lines))
+    return EXIT_INTERRUPTED if interrupted else 0
 
 
-def _cmd_ablate(args: argparse.Namespace) -> int:
+def _file_command(path: Path) -> str:
+    from .settings import UserError
+    from .study_file import COMMANDS, read_file
+
+    command = read_file(path).get("command")
+    if command not in COMMANDS:
+        raise UserError(f"{path}: the demo's study files must say command = \"search\" or \"ablate\"")
+    return command
+
+
+def _run_ablate_args(args: argparse.Namespace, *, json_out: bool) -> tuple[dict[str, Any], str]:
+    """Run (or resume) the ablation the parsed options describe; saves its config.toml."""
     from .ablate_cmd import ablate_main
 
     recipe = _recipe_overrides(args)
+    if args.spec is None:
+        raise _UsageError("ablate needs a study: a registered name (see `gsa-search list studies`), FILE.toml, "
+                          "FILE.py:NAME, or `spec` in a --config file")
     document, text = ablate_main(
         args.spec, seeds=args.seeds, backend=args.backend, study_name=args.study_name, reports_dir=args.reports_dir,
         retry_failed=args.retry_failed, workers=args.workers, storage=args.storage, quiet=args.quiet,
-        json_out=args.json, recipe_overrides=recipe, data_dir=args.data_dir, threads=args.threads,
+        json_out=json_out, recipe_overrides=recipe, data_dir=args.data_dir, threads=args.threads,
         address=args.address,
     )  # fmt: skip
+    _save_config(args, Path(document["study_dir"]), study=document["study"], seeds=document["seeds"])
+    return document, text
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    document, text = _run_ablate_args(args, json_out=args.json)
     print(text)
     return EXIT_INTERRUPTED if document.get("interrupted") else 0
 
@@ -496,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(bench_pruning.main(argv[2:]) or 0)
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(argv)
         return int(_COMMANDS[args.command](args) or 0)
     except _UsageError as error:
         print(f"gsa-search: error: {error}", file=sys.stderr)
