@@ -85,7 +85,15 @@ def _wording(action: argparse.Action) -> str:
     if action.choices:
         return "one of " + ", ".join(map(str, action.choices))
     names = {int: "an integer", float: "a number", None: "a string"}
-    return names.get(action.type, "a value like the flag's " + "/".join(action.option_strings))  # type: ignore[arg-type]
+    if action.type in names:
+        return names[action.type]  # type: ignore[index]
+    try:  # the flag's own parser words what it expects: "expected a positive integer, got '?'"
+        action.type("?")  # type: ignore[misc]
+    except argparse.ArgumentTypeError as error:
+        return str(error).removeprefix("expected ").split(", got")[0]
+    except (ValueError, TypeError):
+        pass
+    return "a value like the flag's " + "/".join(action.option_strings)
 
 
 def _scalar(value: Any, action: argparse.Action, where: str) -> Any:
