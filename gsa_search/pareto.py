@@ -5,9 +5,16 @@ or smaller (``minimize``) is better. A point *dominates* another if it is at lea
 objective and strictly better in one; equal points do not dominate each other, so duplicates on
 the front are all kept.
 
+Comparing studies: :func:`dominance_counts` says how many points of one set dominate at least one
+point of another set, and how many are dominated by one of them (the two numbers of a dominance
+table); :func:`union_hypervolume` is the hypervolume of each set and of their union, all bounded by
+the same reference point (only then are the numbers comparable).
+
 Example:
     >>> pareto_mask([[0.9, 10], [0.8, 5], [0.7, 20]], ["maximize", "minimize"]).tolist()
     [True, True, False]
+    >>> dominance_counts([[0.9, 10], [0.6, 30]], [[0.8, 10]], ["maximize", "minimize"])
+    (1, 1)
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["pareto_mask", "dominates", "to_minimization", "hypervolume"]
+__all__ = ["pareto_mask", "dominates", "to_minimization", "hypervolume", "dominance_counts",
+           "union_hypervolume"]
 
 
 def to_minimization(values: Sequence[Sequence[float]] | np.ndarray, directions: Sequence[str]) -> np.ndarray:
@@ -118,3 +126,44 @@ def hypervolume(values: Sequence[Sequence[float]] | np.ndarray, directions: Sequ
     if len(points) > 1:
         points = points[pareto_mask(points, ["minimize"] * len(directions))]
     return _hv_min(points, ref_min)
+
+
+def _dominance_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(len(a), len(b))``: ``a[i]`` dominates ``b[j]`` (minimisation form; NaN rows never do)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), dtype=bool)
+    left, right = a[:, None, :], b[None, :, :]  # (n_a, 1, k) against (1, n_b, k)
+    return np.all(left <= right, axis=2) & np.any(left < right, axis=2)
+
+
+def dominance_counts(a: Sequence[Sequence[float]] | np.ndarray, b: Sequence[Sequence[float]] | np.ndarray,
+                     directions: Sequence[str]) -> tuple[int, int]:
+    """``(dominating, dominated)``: how many rows of ``a`` dominate at least one row of ``b``, and how
+    many rows of ``a`` at least one row of ``b`` dominates. Equal rows do not dominate each other;
+    duplicated rows of ``a`` count once each; rows with NaN neither dominate nor are dominated.
+
+    Example:
+        >>> dominance_counts([[1.0, 1.0], [1.0, 1.0]], [[1.0, 1.0], [2.0, 0.5]], ["minimize", "minimize"])
+        (0, 0)
+    """
+    k = len(directions)
+    left = to_minimization(np.asarray(a, dtype=float).reshape(-1, k), directions)
+    right = to_minimization(np.asarray(b, dtype=float).reshape(-1, k), directions)
+    dominating = int(_dominance_matrix(left, right).any(axis=1).sum())
+    dominated = int(_dominance_matrix(right, left).any(axis=0).sum())
+    return dominating, dominated
+
+
+def union_hypervolume(point_sets: Sequence[Sequence[Sequence[float]] | np.ndarray], directions: Sequence[str],
+                      reference: Sequence[float]) -> tuple[list[float], float]:
+    """The hypervolume of each point set and of their union, all bounded by one ``reference``.
+
+    Example:
+        >>> union_hypervolume([[[1.0, 2.0]], [[2.0, 1.0]]], ["minimize", "minimize"], [3.0, 3.0])
+        ([2.0, 2.0], 3.0)
+    """
+    k = len(directions)
+    arrays = [np.asarray(points, dtype=float).reshape(-1, k) for points in point_sets]
+    each = [hypervolume(points, directions, reference) for points in arrays]
+    union = hypervolume(np.vstack(arrays) if arrays else np.zeros((0, k)), directions, reference)
+    return each, union

@@ -38,6 +38,10 @@ What is computed (``n`` finished seeds, ``x`` a cell's values, ``b`` the baselin
   Comparisons of deterministic metrics (both cells constant over seeds) are exact: ``method =
   "exact"``, no p-value, not part of the Holm family, verdict from the sign of the difference.
 
+- :func:`curve_summary`: per cell and epoch, the mean, ``std`` (``ddof=1``), min and max of the
+  per-epoch validation accuracy (the results table's ``curve``) over the cell's finished runs, for
+  learning-curve plots.
+
 Intervals are per comparison at level ``1 - alpha`` (not Holm-adjusted), so an interval can exclude
 zero while the Holm verdict stays ``within noise``.
 
@@ -81,6 +85,7 @@ __all__ = [
     "compare_to_baseline",
     "compare_all",
     "main_effects",
+    "curve_summary",
     "COMPARISON_COLUMNS",
     "MAIN_EFFECT_COLUMNS",
 ]
@@ -773,3 +778,58 @@ def _join(*notes: str) -> str:
 def _marginal_mean(cells: Sequence[_CellRuns]) -> float:
     """Mean of the cell means (NaN if a cell has no finished seed)."""
     return float(np.mean([d.values.mean() for d in cells])) if all(d.n for d in cells) else np.nan
+
+
+# --------------------------------------------------------------------------------------------------
+# Learning curves
+
+CURVE_COLUMNS = ["cell", "epoch", "n", "mean", "std", "min", "max"]
+
+
+def _parse_curve(value: object) -> list[float]:
+    import json
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return []
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return []
+    try:
+        return [float(v) if v is not None else np.nan for v in value]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return []
+
+
+def curve_summary(runs: pd.DataFrame, *, curve: str = "curve") -> pd.DataFrame:
+    """Per cell and epoch (1-based): how many finished runs reached it (``n``) and the ``mean``,
+    ``std`` (``ddof=1``; NaN for ``n < 2``), ``min`` and ``max`` of their values there.
+
+    ``runs`` has ``cell``, ``state`` and ``curve`` (a list, or its JSON text, of one value per
+    epoch, e.g. validation accuracy); only ``complete`` runs count (pruned and failed runs stop
+    early and would bias the late epochs). Non-finite values are skipped. Cells in table order.
+
+    Example:
+        >>> runs = pd.DataFrame({"cell": ["a", "a", "a"], "state": ["complete", "complete", "failed"],
+        ...                      "curve": ["[0.5, 0.7]", "[0.6, 0.9]", "[0.1]"]})
+        >>> curve_summary(runs)[["epoch", "n", "mean", "min", "max"]].values.round(3).tolist()
+        [[1.0, 2.0, 0.55, 0.5, 0.6], [2.0, 2.0, 0.8, 0.7, 0.9]]
+    """
+    missing = [c for c in ("cell", "state", curve) if c not in runs.columns]
+    if missing:
+        raise ValueError(f"runs table lacks column(s) {missing}; it has {list(runs.columns)}")
+    rows = []
+    done = runs[runs["state"].astype(str) == FINISHED]
+    for cell in _cells(runs):
+        curves = [_parse_curve(v) for v in done.loc[done["cell"] == cell, curve]]
+        length = max((len(c) for c in curves), default=0)
+        for epoch in range(length):
+            values = np.array([c[epoch] for c in curves if len(c) > epoch], dtype=float)
+            values = values[np.isfinite(values)]
+            if not len(values):
+                continue
+            rows.append({"cell": cell, "epoch": epoch + 1, "n": len(values), "mean": float(values.mean()),
+                         "std": float(values.std(ddof=1)) if len(values) > 1 else np.nan,
+                         "min": float(values.min()), "max": float(values.max())})
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)

@@ -150,7 +150,8 @@ def report_main(study_dir: Path, *, json_out: bool = False) -> tuple[dict[str, A
 
     ``document`` (JSON-able): study, study_dir, files, counts, front_size, hypervolume, reference
     (objective -> value), objectives, directions; with ``json_out`` also ``pareto_front`` (the
-    front's trial numbers, objectives and parameters). Raises :class:`UserError` when the folder or
+    front's trial numbers, objectives and parameters); for an ablation folder also ``ablation`` (the
+    comparisons with the baseline: difference, 95% CI, method, Holm p, verdict). Raises :class:`UserError` when the folder or
     its results table does not exist.
     """
     study_dir = Path(study_dir)
@@ -162,11 +163,8 @@ def report_main(study_dir: Path, *, json_out: bool = False) -> tuple[dict[str, A
             raise UserError(f"no study at {study_dir}: run `{_study_command(study_dir)}` first{hint}")
         raise UserError(f"{study_dir} has no results table (trials.parquet or trials.csv): run "
                         f"`{_study_command(study_dir)}` first (a search writes it after its first trial){hint}")
-    try:
-        comparisons = None
-        if (study_dir / "ablation.csv").exists():  # an ablation: its comparisons with the baseline
-            comparisons = pd.read_csv(study_dir / "ablation.csv")
-        paths = build_report(study_dir, importance=param_importances, comparisons=comparisons)
+    try:  # an ablation folder (ablation.csv, cells.csv, runs.csv) gets its sections from build_report
+        paths = build_report(study_dir, importance=param_importances)
     except ValueError as error:
         raise UserError(f"{study_dir}: {error}") from None
     summary = paths.summary
@@ -183,6 +181,8 @@ def report_main(study_dir: Path, *, json_out: bool = False) -> tuple[dict[str, A
         "objectives": summary["objectives"],
         "directions": summary["directions"],
     }
+    if "ablation" in summary:
+        document["ablation"] = summary["ablation"]
     if json_out:
         front = pd.read_csv(paths.pareto_csv)
         columns = ["trial", *summary["objectives"], *[c for c in front.columns if c.startswith("param_")]]
@@ -195,6 +195,11 @@ def report_main(study_dir: Path, *, json_out: bool = False) -> tuple[dict[str, A
                      f"(reference {ref}; FLOPs = multiply-accumulates per image)")
     else:
         lines.append("no completed trial yet: no front or hypervolume")
+    for row in (summary.get("ablation") or {}).get("comparisons", []):
+        if row["metric"] == summary["ablation"]["primary"] and row["difference"] is not None:
+            interval = "" if row["ci_low"] is None else f" [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
+            lines.append(f"  {row['cell']} - baseline: {row['metric']} {row['difference']:+.4f}{interval} "
+                         f"({row['verdict']})")
     lines.append(f"wrote {paths.html}, {paths.markdown}, {paths.pareto_csv} and {len(paths.figures)} figure file(s) "
                  f"in {study_dir / 'figures'}")
     return document, "\n".join(lines)

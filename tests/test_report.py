@@ -386,7 +386,8 @@ def test_report_of_hand_made_tables(case: str, tmp_path: Path) -> None:
 
 
 def test_an_ablation_section_renders_a_comparisons_frame(tmp_path: Path) -> None:
-    """The hook for ablation statistics: any DataFrame of comparisons becomes one more table."""
+    """The hook for ablation statistics: any DataFrame of comparisons becomes one more table (the full
+    ablation sections, from ablation.csv/cells.csv/runs.csv, are in test_report_ablation.py)."""
     rows, settings = CASES["rich"]
     study_dir = write_study(tmp_path / "ablation", rows, settings)
     comparisons = pd.DataFrame({"cell": ["axial", "2d | local"], "metric": ["accuracy", "accuracy"],
@@ -396,8 +397,8 @@ def test_an_ablation_section_renders_a_comparisons_frame(tmp_path: Path) -> None
     page, markdown = paths.html.read_text(), paths.markdown.read_text()
     assert html_tables(page)["ablation"] == [["axial", "accuracy", "0.0123", "0.01", "True", "better"],
                                              ["2d | local", "accuracy", "-0.0456", "-", "False", "within noise"]]
-    assert md_table_after(markdown, "## Ablation comparisons") == html_tables(page)["ablation"]
-    assert "Ablation comparisons" not in build_report(study_dir).html.read_text()
+    assert md_table_after(markdown, "### Differences from the baseline") == html_tables(page)["ablation"]
+    assert 'id="ablation-section"' not in build_report(study_dir).html.read_text()
 
 
 def test_importance_ranks_the_parameter_that_decides_accuracy(tmp_path: Path) -> None:

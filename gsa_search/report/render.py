@@ -15,12 +15,15 @@ Sections: the study (backend, dataset, recipe, objectives and directions, budget
 trials by state, wall time, compute, provenance and environment), the Pareto front (figures and
 table; FLOPs are multiply-accumulates per image), the hypervolume with its reference point and its
 history, parameter importance, failures/prunings/infeasible configurations with their reasons,
-trials still in progress, and optionally ablation comparisons.
+trials still in progress, and, for an ablation study folder (``ablation.csv`` beside the table), the
+ablation sections of :mod:`~gsa_search.report.ablation`: cells (mean ± std, 95% CI), differences
+from the baseline (95% CI, test, Holm-adjusted p, verdict), a forest plot and learning curves.
 
 Layering: the domain library does not import Optuna, so parameter importance (Optuna's PED-ANOVA)
 is computed by the caller and passed in as ``importance`` (``runners.report_cmd`` does); without it
-the section says how to get it. Ablation comparisons (a DataFrame, e.g. from
-``gsa_search.stats.compare_all``) are passed as ``comparisons`` and rendered as one more table.
+the section says how to get it. Ablation tables are read from the study folder (``ablation.csv``,
+``cells.csv``, ``runs.csv``, ``main_effects.csv``); a caller may pass ``comparisons`` (a DataFrame,
+e.g. from ``gsa_search.stats.compare_all``; any other frame is printed as it is) instead of ablation.csv.
 
 Example:
     >>> paths = build_report("reports/demo-search")  # doctest: +SKIP
@@ -47,6 +50,7 @@ from gsa_search.environment import environment
 from gsa_search.pareto import pareto_mask
 
 from . import figures as F
+from .ablation import ablation_section, load_ablation
 from .hypervolume import REFERENCE_RULE, hypervolume, hypervolume_history, reference_point
 
 __all__ = ["ReportPaths", "Table", "Importance", "build_report", "report_context", "load_table", "STATES",
@@ -487,6 +491,8 @@ def report_context(study_dir: str | os.PathLike[str], *, figures_dir: Path | Non
     hv = _hypervolume_section(table, objectives)
     pareto_figures, history_figure = _figures(table, hv["history"], hv["reference_short"], figures_dir)
     environment, environment_origin = _environment(settings, table)
+    ablation_data = load_ablation(study_dir, table, objectives, comparisons)
+    ablation = None if ablation_data is None else ablation_section(ablation_data, figures_dir)
     summary = {
         "study": str(settings.get("study") or study_dir.name),
         "objectives": objectives,
@@ -499,6 +505,8 @@ def report_context(study_dir: str | os.PathLike[str], *, figures_dir: Path | Non
         "wall_s": None if not np.isfinite(wall_s) else wall_s,
         "epochs_run": epochs,
     }
+    if ablation is not None:
+        summary["ablation"] = ablation["summary"]
     return {
         **{k: v for k, v in hv.items() if k not in ("history", "reference")},
         "title": f"gsa-search report: {summary['study']}",
@@ -531,8 +539,8 @@ def report_context(study_dir: str | os.PathLike[str], *, figures_dir: Path | Non
         "importance": _importance_section(done, objectives, importance),
         "problems": _problems_table(table),
         "in_progress": _in_progress_table(table),
-        "ablation": None if comparisons is None else Table.from_frame(comparisons.reset_index(drop=True), id="ablation"),
-        "_written": pareto_figures + ([history_figure] if history_figure else []),
+        "ablation": ablation,
+        "_written": pareto_figures + ([history_figure] if history_figure else []) + (ablation or {}).get("figures", []),
         "_front": front,
     }
 
@@ -565,7 +573,7 @@ def build_report(study_dir: str | os.PathLike[str], *, importance: ImportanceFn 
 
     Reads only the saved table, ``search.json`` and (read-only) ``study.db``. ``importance`` computes
     parameter importances from the completed trials (see :class:`Importance`); ``comparisons`` adds
-    an ablation section. Raises ``FileNotFoundError`` when the folder has no results table.
+    the ablation sections (default: ablation.csv of the folder, when there is one). Raises ``FileNotFoundError`` when the folder has no results table.
     """
     study_dir = Path(study_dir)
     figures_dir = study_dir / "figures"
