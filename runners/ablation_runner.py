@@ -389,11 +389,20 @@ def run_ablation(
     if ray:
         from . import ray_runner
 
-        write_files()
+        created = not study_dir.exists()
+        write_files()  # before the search: Ray's trial processes import the space file
         scheduled, reused = len(pairs), 0
-        with warnings.catch_warnings():  # BruteForceSampler is marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            result = ray_runner.run_ray_search(settings, progress=progress)
+        try:
+            with warnings.catch_warnings():  # BruteForceSampler is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                result = ray_runner.run_ray_search(settings, progress=progress)
+        except BaseException:
+            # e.g. an unreachable cluster: leave no half-written folder behind (one with results stays)
+            if created and study_dir.exists() and not (study_dir / "trials.csv").exists():
+                import shutil
+
+                shutil.rmtree(study_dir, ignore_errors=True)
+            raise
     else:
         from . import optuna_runner
 

@@ -1,4 +1,4 @@
-"""The ``gsa-search`` command line: list, inspect, train, bench, search, demo.
+"""The ``gsa-search`` command line: list, inspect, train, bench, search, ablate, report, compare, demo.
 
 Status: stable. Built on argparse (standard library, no extra dependency): parent parsers give every
 subcommand the same option names (``--dataset``, ``--epochs``, ``--seed``, ``--json``, ...), which
@@ -17,6 +17,7 @@ import json
 import math
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -92,7 +93,7 @@ def _output_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("output")
     group.add_argument("--json", action="store_true", help="print one JSON document on stdout (logs go to stderr)")
-    group.add_argument("--quiet", action="store_true", help="no progress bar")
+    group.add_argument("--quiet", action="store_true", help="no progress or logs on stderr (errors still print)")
     group.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return parent
 
@@ -107,7 +108,7 @@ def _data_parent(default_dataset: str | None = "digits") -> argparse.ArgumentPar
     return parent
 
 
-def _recipe_parent() -> argparse.ArgumentParser:
+def _recipe_parent(*, seed: bool = True) -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("recipe (defaults: the tuned digits recipe on digits data, else Recipe())")
     group.add_argument("--epochs", type=_positive_int)
@@ -119,8 +120,11 @@ def _recipe_parent() -> argparse.ArgumentParser:
     group.add_argument("--label-smoothing", type=float)
     group.add_argument("--schedule", choices=["cosine", "onecycle", "constant"])
     group.add_argument("--warmup-epochs", type=float)
-    group.add_argument("--seed", type=int, help="training seed (and sampler seed for searches); default 0")
-    group.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: CUDA when present)")
+    # an ablation runs every cell with each of --seeds instead: there --seed is hidden, and refused with a
+    # message (kept as an option so that argparse does not read it as an abbreviation of --seeds)
+    group.add_argument("--seed", type=int, help="training seed (and sampler seed for searches); default 0"
+                       if seed else argparse.SUPPRESS)
+    group.add_argument("--device", help=_DEVICE_HELP)
     group.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     return parent
 
@@ -131,6 +135,33 @@ _RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "mom
 
 def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in _RECIPE_FLAGS if getattr(args, k, None) is not None}
+
+
+def _reports_dir_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reports-dir", default="reports", metavar="DIR",
+                   help="where study folders live: DIR/STUDY/ (default %(default)s)")
+
+
+def _study_option(p: argparse.ArgumentParser, default_text: str, dest: str = "study") -> None:
+    p.add_argument("--study", dest=dest, default=None, metavar="NAME",
+                   help=f"study name, and its folder REPORTS_DIR/NAME (default: {default_text})")
+
+
+def _workers_option(p: argparse.ArgumentParser, default: int | None = 1, default_text: str = "1") -> None:
+    p.add_argument("--workers", type=_positive_int, default=default, metavar="N",
+                   help=f"worker processes on this machine (default {default_text})")
+
+
+def _threads_option(p: Any, default_text: str = "cores / workers", per: str = " per worker") -> None:
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help=f"torch CPU threads{per} (default: {default_text})")
+
+
+_DEVICE_HELP = "auto | cpu | cuda | cuda:N (default auto: CUDA when present)"
+_STORAGE_HELP = ("where the study is stored: an SQLAlchemy URL (postgresql+psycopg://user:pw@host:5432/db), "
+                 "sqlite:///FILE or journal:FILE; default: SQLite in the study folder (a journal file with --workers > 1)")
+_BACKEND_HELP = "optuna (default: in-process, --workers) | ray (Ray Tune on a local or running cluster)"
+_ADDRESS_HELP = "join a running Ray cluster (started with `ray start --head`); default: a local cluster (--backend ray)"
 
 
 def _config_option(p: argparse.ArgumentParser, command: str) -> None:
@@ -151,13 +182,29 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse a command line; with ``--config FILE`` the file's options become the defaults, so
     flags given on the line override them."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse_known(parser, argv)
     if getattr(args, "config", None):
         from .study_file import load_config
 
         sub = _subparser(parser, args.command)
         sub.set_defaults(**load_config(args.config, args.command, sub))
-        args = parser.parse_args(argv)
+        args = _parse_known(parser, argv)
+    return args
+
+
+def _parse_known(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """``parser.parse_args``, but an unrecognised argument is named with the closest option of the
+    subcommand and its ``--help`` (argparse would point at the top-level help)."""
+    import difflib
+
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = _subparser(parser, args.command)
+        options = sorted({o for a in sub._actions for o in a.option_strings if o.startswith("--")})  # noqa: SLF001
+        flag = next((e.partition("=")[0] for e in extra if e.startswith("--")), "")
+        close = difflib.get_close_matches(flag, options, n=1, cutoff=0.75) if flag else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise _UsageError(f"unrecognized arguments: {' '.join(extra)}{hint} (see gsa-search {args.command} --help)")
     return args
 
 
@@ -204,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="One training run of a model preset on a dataset.",
                        epilog="Example: gsa-search train proxy_gsa_resnet --dataset digits --epochs 4")
     p.add_argument("model", help="a model preset (see `gsa-search list models`)")
+    _threads_option(p, "torch's", per="")
 
     p = sub.add_parser("bench", parents=[output], help="block and trainer benchmarks",
                        description="Benchmarks: `blocks` times every mixer side by side; `train` measures the "
@@ -222,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="proxy_gsa_resnet", help="model of the train benchmark")
     p.add_argument("--skip-accuracy", action="store_true", help="train benchmark: overhead only")
     p.add_argument("--trials", type=_positive_int, default=5, help="search benchmark: trials")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--out", default="reports/bench")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    _threads_option(p, "torch's", per="")
+    p.add_argument("--out", default="reports/bench", metavar="DIR", help="where the CSV and plots go (default %(default)s)")
 
     p = sub.add_parser("search", parents=[output, data, recipe], help="run or resume a search",
                        description="Run a search over a space with Optuna (default) or Ray Tune (--backend ray); "
@@ -243,25 +291,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="auto", help="auto (tpe) | tpe | nsga2 | nsga3 | gp | random | grid | bruteforce")
     p.add_argument("--pruner", default="auto", help="auto (one objective: median with optuna, asha with ray; several: "
                                                      "pareto) | pareto | none | median | sha | hyperband (optuna) | asha (ray)")
-    p.add_argument("--backend", default="optuna", help="optuna (default: in-process, --workers) | ray (Ray Tune on a "
-                                                       "local or running cluster)")
-    p.add_argument("--workers", type=_positive_int, default=1, help="processes on this machine (default 1)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads per worker (default: cores / workers)")
-    p.add_argument("--storage", default=None, help="SQLAlchemy URL (postgresql+psycopg://...) or journal:PATH; default: SQLite in the study folder")
+    p.add_argument("--backend", default="optuna", help=_BACKEND_HELP)
+    _workers_option(p)
+    _threads_option(p)
+    p.add_argument("--storage", default=None, metavar="URL", help=_STORAGE_HELP)
     p.add_argument("--max-flops", type=_number, default=None, help="budget in multiply-accumulates per image, e.g. 30M")
     p.add_argument("--max-params", type=_number, default=None, help="budget in parameters, e.g. 400k")
-    p.add_argument("--study", default=None, help="study name and folder reports/NAME (default: from space, dataset, objectives)")
-    p.add_argument("--reports-dir", default="reports", help="where study folders live (default %(default)s)")
+    _study_option(p, "SPACE-DATASET-OBJECTIVES")
+    _reports_dir_option(p)
     ray_group = p.add_argument_group("Ray backend (--backend ray)")
-    ray_group.add_argument("--address", default=None, metavar="HOST:PORT",
-                           help="join a running Ray cluster (started with `ray start --head`); default: a local cluster")
+    ray_group.add_argument("--address", default=None, metavar="HOST:PORT", help=_ADDRESS_HELP)
     ray_group.add_argument("--cpus-per-trial", type=_positive_number, default=None, help="CPUs per trial (default 1)")
     ray_group.add_argument("--gpus-per-trial", type=_non_negative_number, default=None,
                            help="GPUs per trial, fractions allowed (default 1 when CUDA is present, else 0)")
     ray_group.add_argument("--max-failures", type=_non_negative_int, default=None,
                            help="restarts of a trial whose worker died (default 3)")
 
-    p = sub.add_parser("ablate", parents=[output, recipe], help="run or resume an ablation study",
+    p = sub.add_parser("ablate", parents=[output, _recipe_parent(seed=False)], help="run or resume an ablation study",
                        description="Run every cell x seed of an ablation study exactly once (re-running resumes and "
                                    "runs only what is missing), then per-cell statistics and comparisons with the "
                                    "baseline (paired by seed, Holm-corrected, verdict better/worse/within noise).",
@@ -273,23 +319,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?", default=None,
                    help="a registered study (see `gsa-search list studies`), FILE.toml or FILE.py:NAME "
                         "(or `spec` in --config)")
-    p.add_argument("--seeds", default=None, help="a count (3) or a list (0,1,2); default: the study's")
-    p.add_argument("--backend", default="optuna", help="optuna (default) | ray")
-    p.add_argument("--study", dest="study_name", default=None, help="study name and folder (default: the study's name)")
-    p.add_argument("--reports-dir", default="reports", help="where study folders live (default %(default)s)")
+    p.add_argument("--seeds", default=None, help="a count (3) or a list (0,1,2); every cell runs every seed "
+                                                 "(default: the study's; --seed does not apply to ablations)")
+    p.add_argument("--backend", default="optuna", help=_BACKEND_HELP)
+    _study_option(p, "the ablation study's name", dest="study_name")
+    _reports_dir_option(p)
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
-    p.add_argument("--workers", type=_positive_int, default=1, help="processes on this machine (default 1)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads per worker")
-    p.add_argument("--storage", default=None, help="as for search (PostgreSQL URL or journal:PATH)")
-    p.add_argument("--address", default=None, metavar="HOST:PORT", help="Ray cluster (with --backend ray)")
-    p.add_argument("--data-dir", default=None, help="folder with the data files")
+    _workers_option(p)
+    _threads_option(p)
+    p.add_argument("--storage", default=None, metavar="URL", help=_STORAGE_HELP)
+    p.add_argument("--address", default=None, metavar="HOST:PORT", help=_ADDRESS_HELP)
+    p.add_argument("--data-dir", default=None, help="folder with the data files (cifar*, imagefolder)")
 
     p = sub.add_parser("report", parents=[output], help="build the report of a study",
                        description="Write reports/STUDY/report.html (self-contained), report.md, pareto.csv and "
                                    "figures/ from the saved results table; nothing is rerun.",
-                       epilog="Example: gsa-search report demo-search")
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Examples:\n  gsa-search report gsa_block_v1-digits-pairs\n"
+                              "  gsa-search report gsa_content_positional_v1 --reports-dir reports/reference --json")
     p.add_argument("study", help="a study name (a folder under --reports-dir)")
-    p.add_argument("--reports-dir", default="reports", help="where study folders live (default %(default)s)")
+    _reports_dir_option(p)
+
+    p = sub.add_parser("compare", parents=[output], help="compare the Pareto fronts of several studies",
+                       description="One report comparing studies on their common objectives: each front, "
+                                   "hypervolumes against one common reference point, which front points dominate "
+                                   "the other studies', cells shared by ablations. Writes "
+                                   "REPORTS_DIR/compare-STUDY_A-STUDY_B.../ (report.html, report.md, CSV tables, "
+                                   "figures); nothing is rerun.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Examples:\n  gsa-search compare blocks-a blocks-b\n"
+                              "  gsa-search compare gsa_content_positional_v1 gsa_block_type_v1 "
+                              "--reports-dir reports/reference --json")
+    p.add_argument("studies", nargs="+", metavar="STUDY", help="study names (folders under --reports-dir), at least 2")
+    _reports_dir_option(p)
 
     p = sub.add_parser("demo", parents=[output], help="the main job: a search, two ablations and their reports",
                        description="On the bundled digits-pairs data: a multi-objective accuracy/FLOPs search over "
@@ -300,8 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Examples:\n  gsa-search demo\n"
                               "  gsa-search demo --reports-dir reports/reference   # rebuild the reference reports")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto: CUDA when present)")
-    p.add_argument("--reports-dir", default="reports", help="where study folders live (default %(default)s)")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    _workers_option(p, None, "1 on a GPU, else up to 4 sharing the cores")
+    _threads_option(p, "cores / workers")
+    _reports_dir_option(p)
     return parser
 
 
@@ -309,17 +373,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _emit(args: argparse.Namespace, document: Any, text: str) -> None:
+    """Print the result: with ``--json`` one standard JSON document (NaN and infinities as null),
+    else ``text``. Nothing else goes to stdout."""
     if args.json:
-        print(json.dumps(document, indent=2, default=_json_default))
+        print(json.dumps(_finite(document), indent=2, default=_json_default, allow_nan=False))
     else:
         print(text)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 and not isinstance(value, (str, bytes)):
+        return _finite(value.item())
+    return value
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
+        return _finite(value.item())
     return str(value)
 
 
@@ -383,8 +460,24 @@ def _load_data(args: argparse.Namespace, seed: int) -> Any:
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
         raise UserError(f"--data-dir {args.data_dir} does not exist or is not a directory")
     image_size = args.image_size if args.image_size is not None else default_image_size(args.dataset)
-    return load_data_cached(args.dataset, data_dir=args.data_dir, image_size=image_size, seed=seed,
-                            **_key_values(args.dataset_option, "--dataset-option"))
+    return _checked_data(lambda: load_data_cached(args.dataset, data_dir=args.data_dir, image_size=image_size,
+                                                  seed=seed, **_key_values(args.dataset_option, "--dataset-option")))
+
+
+def _checked_data(load: Any) -> Any:
+    """``load()``, with a :class:`~gsa_search.data.DatasetError` reworded for the command line
+    (``data_dir`` -> ``--data-dir``, ``download=True`` -> ``--dataset-option download=true``)."""
+    from gsa_search.data import DatasetError
+
+    from .settings import UserError
+
+    try:
+        return load()
+    except DatasetError as error:
+        message = " ".join(str(error).split())
+        message = (message.replace("data_dir is required", "--data-dir is required")
+                   .replace("pass download=True", "add --dataset-option download=true"))
+        raise UserError(message) from None
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -396,11 +489,21 @@ def _cmd_train(args: argparse.Namespace) -> None:
     cfg = _model_config(args.model)
     recipe = default_recipe(args.dataset or "").replace(**_recipe_overrides(args))
     data = _load_data(args, recipe.seed)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    started = time.perf_counter()
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         if not args.quiet:
+            elapsed = time.perf_counter() - started
+            left = recipe.epochs - epoch - 1
+            eta = f", ETA {elapsed / (epoch + 1) * left:.0f} s" if left > 0 else ""
             print(f"epoch {epoch + 1}/{recipe.epochs}: accuracy {metrics[M.ACCURACY]:.4f}, "
-                  f"train loss {metrics[M.TRAIN_LOSS]:.4f}, {metrics[M.TRAIN_TIME_S]:.1f} s", file=sys.stderr)
+                  f"train loss {metrics[M.TRAIN_LOSS]:.4f}, {metrics[M.TRAIN_TIME_S]:.1f} s{eta}", file=sys.stderr,
+                  flush=True)
 
     result = train(cfg, recipe, data, report=report)
     keep = {k: v for k, v in result.items() if k not in ("history",)}
@@ -475,15 +578,26 @@ def _front_text(result: Any) -> str:
 def _run_search_args(args: argparse.Namespace) -> Any:
     """Run (or resume) the search the parsed options describe; saves its config.toml."""
     settings = _search_settings(args)
+    settings.validate()  # before importing Ray (a second or two) and before any folder exists
+    _preflight_data(settings)
     if settings.backend == "ray":
-        settings.validate()  # before importing Ray (a second or two)
         from .ray_runner import run_ray_search as run_search
     else:
         from .optuna_runner import run_search
 
-    result = run_search(settings, progress=not args.quiet and not args.json)
+    result = run_search(settings, progress=not args.quiet)
     _save_config(args, result.study_dir, study=settings.study_name, seed=settings.seed)
     return result
+
+
+def _preflight_data(settings: Any) -> None:
+    """Load the search's data once (cached in-process: the runner and an in-process worker reuse it),
+    so that missing or broken data is one error line instead of a study of failed trials."""
+    from gsa_search.trial import load_data_cached
+
+    _checked_data(lambda: load_data_cached(settings.dataset, data_dir=settings.data_dir,
+                                           image_size=settings.resolved_image_size(),
+                                           seed=settings.base_recipe().seed, **settings.dataset_options))
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -541,12 +655,13 @@ def _verdicts(document: dict[str, Any]) -> list[str]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import time
-
     from .report_cmd import report_main
 
     device = args.device or "auto"
     workers, threads = _demo_workers(device)
+    if args.workers is not None:  # the same cores, shared by the workers asked for
+        workers, threads = args.workers, max(1, (workers * threads) // args.workers)
+    threads = args.threads or threads
     started = time.perf_counter()
     steps, lines = [], []
     if not args.quiet:
@@ -556,7 +671,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         command = _file_command(path)
         argv = [command, "--config", str(path), "--reports-dir", args.reports_dir, "--workers", str(workers),
                 "--threads", str(threads), "--device", device]
-        if args.quiet or args.json:
+        if args.quiet:
             argv.append("--quiet")
         step_args = parse_args(argv)
         step_started = time.perf_counter()
@@ -620,8 +735,8 @@ def _run_ablate_args(args: argparse.Namespace, *, json_out: bool) -> tuple[dict[
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    document, text = _run_ablate_args(args, json_out=args.json)
-    print(text)
+    document, text = _run_ablate_args(args, json_out=False)
+    _emit(args, document, text)
     return EXIT_INTERRUPTED if document.get("interrupted") else 0
 
 
@@ -633,8 +748,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"ablate": _cmd_ablate, "report": _cmd_report, "list": _cmd_list, "inspect": _cmd_inspect, "train": _cmd_train, "bench": _cmd_bench,
-             "search": _cmd_search, "demo": _cmd_demo}
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare_cmd import compare_main
+
+    reports_dir = Path(args.reports_dir)
+    document, text = compare_main([reports_dir / name for name in args.studies], reports_dir=reports_dir,
+                                  json_out=False)
+    _emit(args, document, text)
+    return 0
+
+
+_COMMANDS = {"list": _cmd_list, "inspect": _cmd_inspect, "train": _cmd_train, "bench": _cmd_bench,
+             "search": _cmd_search, "ablate": _cmd_ablate, "report": _cmd_report, "compare": _cmd_compare,
+             "demo": _cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

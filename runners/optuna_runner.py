@@ -450,25 +450,45 @@ def setup_log_file(path: Path) -> logging.Handler:
 
 
 class Progress:
-    """The stderr progress bar: trials done / pruned / failed / infeasible, front size, best values, ETA."""
+    """The stderr progress of a search: trials done (ok / pruned / failed / infeasible), front size,
+    best values, elapsed time and ETA.
 
-    def __init__(self, settings: SearchSettings, enabled: bool, already: int) -> None:
+    On a terminal, a tqdm bar redrawn in place. Otherwise (CI logs, ``make demo > log``) plain lines:
+    one at the start, one when the first trial finishes, then at most one every
+    :attr:`LINE_INTERVAL_S` seconds when more have finished, and a last one at :meth:`close` if
+    anything finished since.
+    """
+
+    LINE_INTERVAL_S = 15.0
+
+    def __init__(self, settings: SearchSettings, enabled: bool, already: int, *, stream: Any = None) -> None:
         self.settings = settings
+        self.stream = sys.stderr if stream is None else stream
         self.bar = None
-        if enabled:
+        self.lines = False  # plain lines (not a terminal)
+        self.total = settings.n_trials
+        self.start_done = self.done = self.printed_done = min(already, self.total)
+        self.started = time.perf_counter()
+        self.last_line = -math.inf
+        self.status = ""
+        if not enabled:
+            return
+        if _is_terminal(self.stream):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=settings.n_trials, initial=min(already, settings.n_trials), desc=settings.study_name,
-                            unit="trial", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(total=self.total, initial=self.start_done, desc=settings.study_name, unit="trial",
+                            file=self.stream, dynamic_ncols=True)
+        else:
+            self.lines = True
+            todo = self.total - self.start_done
+            self._print(f"{settings.study_name}: {self.start_done}/{self.total} trials done, "
+                        f"{todo} to run" + (" (resumed)" if self.start_done else ""))
+            self.last_line = -math.inf  # the first finished trial prints at once (with the first ETA)
 
-    def update(self, table: Any) -> None:
-        if self.bar is None:
-            return
+    def _summary(self, table: Any) -> dict[str, Any]:
         counts = state_counts(table)
-        done = sum(counts[s] for s in COUNTED)
-        self.bar.n = min(done, self.settings.n_trials)
-        postfix = {"ok": counts["complete"], "pruned": counts["pruned"], "failed": counts["failed"],
-                   "infeasible": counts["infeasible"]}
+        postfix: dict[str, Any] = {"ok": counts["complete"], "pruned": counts["pruned"], "failed": counts["failed"],
+                                   "infeasible": counts["infeasible"]}
         front = pareto_front(table, self.settings.objectives)
         if self.settings.multi_objective:
             postfix["front"] = len(front)
@@ -477,12 +497,60 @@ class Progress:
                 column = front[objective]
                 best = column.max() if M.DIRECTIONS[objective] == "maximize" else column.min()
                 postfix[objective] = f"{best:.4g}"
-        self.bar.set_postfix(postfix, refresh=False)
-        self.bar.refresh()
+        self.done = min(sum(counts[s] for s in COUNTED), self.total)
+        return postfix
+
+    def update(self, table: Any) -> None:
+        if self.bar is None and not self.lines:
+            return
+        postfix = self._summary(table)
+        if self.bar is not None:
+            self.bar.n = self.done
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.refresh()
+            return
+        self.status = ", ".join(f"{k} {v}" for k, v in postfix.items())
+        now = time.perf_counter()
+        if self.done != self.printed_done and now - self.last_line >= self.LINE_INTERVAL_S:
+            self._line()
+
+    def _line(self) -> None:
+        elapsed = time.perf_counter() - self.started
+        ran = self.done - self.start_done
+        eta = ""
+        if 0 < ran and self.done < self.total:
+            eta = f", ETA {_duration(elapsed / ran * (self.total - self.done))}"
+        self._print(f"{self.settings.study_name}: {self.done}/{self.total} trials ({self.status}), "
+                    f"{_duration(elapsed)} elapsed{eta}")
+        self.printed_done = self.done
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+        self.last_line = time.perf_counter()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        elif self.lines and self.done != self.printed_done:
+            self._line()
+        self.lines = False
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResult:

@@ -48,7 +48,7 @@ def option_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     keys = {}
     for action in parser._actions:  # noqa: SLF001 - argparse has no public accessor
         key = _key_of(action)
-        if key in _NOT_KEYS or action.dest == argparse.SUPPRESS:
+        if key in _NOT_KEYS or action.dest == argparse.SUPPRESS or action.help == argparse.SUPPRESS:
             continue
         keys["dataset_options" if key == "dataset_option" else key] = action
     return keys

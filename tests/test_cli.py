@@ -65,7 +65,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_help_of_every_subcommand_has_an_example(tmp_path):
-    for command in ("list", "inspect", "train", "bench", "search", "ablate", "report", "demo"):
+    for command in ("list", "inspect", "train", "bench", "search", "ablate", "report", "compare", "demo"):
         proc = _run(command, "--help", cwd=tmp_path)
         assert proc.returncode == 0 and "Example" in proc.stdout, command
 
@@ -129,15 +129,7 @@ def test_ablate_a_study_file_through_the_cli(tmp_path):
     assert again.returncode == 0 and len(__import__("pandas").read_csv(folder / "trials.csv")) == 4  # nothing rerun
     assert _run("report", "tiny", "--quiet", cwd=tmp_path).returncode == 0
     page = (folder / "report.html").read_text()
-    assert "Ablation comparisons" in page and "width=narrow" in page
+    assert 'id="ablation-section"' in page and "width=narrow" in page
 
 
-def test_demo_runs_the_search_and_its_report_and_resumes(tmp_path):
-    args = ("demo", "--trials", "2", "--epochs", "1", "--device", "cpu", "--json", "--reports-dir", str(tmp_path / "r"))
-    first = _run(*args, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    doc = json.loads(first.stdout)
-    assert doc["trials"] == 2 and doc["objectives"] == ["accuracy", "flops"] and doc["pareto_front"]
-    assert (tmp_path / "r" / "demo-search" / "report.html").exists() and doc["report"]["front_size"] >= 1
-    again = json.loads(_run(*args, cwd=tmp_path).stdout)
-    assert again["trials"] == 2 and again["pareto_front"] == doc["pareto_front"]  # reused, not retrained
+# The demo (in-process, on tiny study files) is in test_cli_consistency.py.
