@@ -37,7 +37,8 @@ def blocks(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], str]:
     text = "\n".join([
         header,
         table.drop(columns=["device"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"),
-        "\nratios (forward+backward time; median over interleaved rounds of the per-round ratio):",
+        ("\nratios (forward+backward time with the input requiring grad, i.e. each block timed as a middle "
+         "layer; median over interleaved rounds of the ratio to a conv timed right after the block):"),
         ratios.to_string(float_format=lambda v: f"{v:.2f}"),
         f"\nwrote {out / 'blocks.csv'}, {out / 'ratios.csv'}, {out / 'blocks.png'}",
     ])

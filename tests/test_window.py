@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from gsa_search.blocks import _window
+from gsa_search.blocks import _native, _window
 from gsa_search.blocks._window import window_sum
 
 
@@ -182,9 +182,11 @@ def test_torch_flop_counter_sees_forward_and_backward(implementation):
 
 
 def _fresh_build(monkeypatch):
-    monkeypatch.setattr(_window, "_lib", None)
-    monkeypatch.setattr(_window, "_failed", None)
-    monkeypatch.setattr(_window, "_openmp", _window._openmp)  # restored afterwards, like the library
+    """As in a new process: the kernel forgets its library (restored after the test)."""
+    kernel = _window.KERNEL
+    monkeypatch.setattr(kernel, "lib", None)
+    monkeypatch.setattr(kernel, "failed", None)
+    monkeypatch.setattr(kernel, "openmp", kernel.openmp)
 
 
 def test_kernel_builds_into_the_cache_folder_once(native_kernel, monkeypatch, tmp_path):
@@ -241,7 +243,7 @@ def test_build_without_openmp_splits_rows_over_python_threads(native_kernel, mon
     """Compilers without OpenMP (Apple's clang) get a plain build; rows are then split over Python
     threads, with the same results as the naive loop, forward and backward."""
     monkeypatch.setenv("GSA_SEARCH_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(_window, "_openmp_flags", lambda compiler: [[]])
+    monkeypatch.setattr(_native, "_openmp_flags", lambda compiler: [[]])
     _fresh_build(monkeypatch)
     assert _window.native_available() and not _window._openmp
     assert torch.get_num_threads() == 2  # conftest: the rows really are split

@@ -1,6 +1,7 @@
 """Relative attention along one axis, the kernel of GSA's positional attention.
 
-Status: stable; checked by gradcheck and against plain-loop references in the tests.
+Status: stable; checked by gradcheck and against plain-loop references in the tests, on both
+implementations.
 
 ``out[n, s, i] = sum_a (q[n, i, s] . emb[n, i, a]) v[n, s, a]`` for ``N`` heads,
 ``S`` independent sequences (batch x the other axis) of length ``L``, with ``emb`` the relative
@@ -13,8 +14,15 @@ The operands may be strided views (of a channels-last projection, say): any layo
 each ``(S, d_k)`` / ``(L, d_v)`` matrix is row- or column-major, which batched BLAS reads in place,
 so callers pass views and nothing is permuted through memory here, forward or backward.
 
-Why a custom autograd function: the two contractions want different layouts of the ``(L_i, L_a)``
-logits (batched over ``(head, i)`` to compute them, over ``(head, sequence)`` to apply them), and
+Two implementations behind one autograd function (``_RelativeAxisAttention``, the op FLOP counters
+see): CPU float32/float64 tensors run the fused C kernel of ``_relative_native.py`` (one call
+forward, one backward, logits never leave a thread-local tile, so none are saved; it reads any
+strides and can write the result in any memory order); everything else (CUDA, meta, bfloat16 under
+autocast, no C compiler, ``GSA_SEARCH_NATIVE=0``) runs the batched matmuls below.
+
+Why a custom autograd function for the batched matmuls: the two contractions want different
+layouts of the ``(L_i, L_a)`` logits (batched over ``(head, i)`` to compute them, over
+``(head, sequence)`` to apply them), and
 ``einsum`` reconciles them with full copies of the logits and, in backward, with per-matrix copies
 of non-BLAS-compatible operands. Here every batched matmul reads the logits in place through
 strided views, and the logits are processed in cache-sized chunks; they are kept for backward,
@@ -24,7 +32,11 @@ or, with ``recompute=True`` (GSA's ``memory_efficient`` option), formed again th
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from . import _relative_native as _native
 
 __all__ = ["relative_axis_attention"]
 
@@ -68,8 +80,14 @@ def _bmm_into(dest: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 
 class _RelativeAxisAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, qt, v, emb, transpose_out: bool, recompute: bool):  # type: ignore[override]
-        # qt: (N, L_i, S, d_k); v: (N, S, L_a, d_v); emb: (N, L_i, L_a, d_k)
+    def forward(ctx, qt, v, emb, transpose_out: bool, recompute: bool, out_order):  # type: ignore[override]
+        # qt: (N, L_i, S, d_k); v: (N, *S, L_a, d_v) (two sequence axes only on the native path);
+        # emb: (N, L_i, L_a, d_k)
+        ctx.native = _native.usable(qt, v, emb)
+        if ctx.native:  # the fused kernel keeps no logits: it forms them again in backward
+            ctx.transpose_out = transpose_out
+            ctx.save_for_backward(qt, v, emb)
+            return _native.forward(qt, v, emb, transpose_out, out_order)
         device = qt.device.type
         if not torch.amp.is_autocast_available(device):  # e.g. the meta device
             return _RelativeAxisAttention._forward(ctx, qt, v, emb, transpose_out, recompute)
@@ -99,6 +117,14 @@ class _RelativeAxisAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
+        if ctx.native:
+            qt, v, emb = ctx.saved_tensors
+            d_qt, d_v, d_emb = _native.backward(qt, v, emb, grad, ctx.transpose_out)
+            return d_qt, d_v, d_emb, None, None, None
+        return (*_RelativeAxisAttention._backward(ctx, grad), None, None, None)
+
+    @staticmethod
+    def _backward(ctx, grad):  # type: ignore[no-untyped-def]
         qt, v, emb, *logits_kept = ctx.saved_tensors
         n, length, s, _ = qt.shape
         keys = emb.transpose(2, 3)
@@ -118,7 +144,7 @@ class _RelativeAxisAttention(torch.autograd.Function):
                 d_logits = torch.bmm(g, v[h, part].transpose(1, 2)).transpose(0, 1)  # (L_i, S_c, L_a)
                 _bmm_into(d_qt[h, :, part], d_logits, emb[h])
                 d_emb[h].baddbmm_(d_logits.transpose(1, 2), qt[h, :, part])
-        return d_qt, d_v, d_emb, None, None
+        return d_qt, d_v, d_emb
 
 
 def relative_axis_attention(
@@ -128,27 +154,45 @@ def relative_axis_attention(
     *,
     transpose_out: bool = False,
     recompute: bool = False,
+    out_order: list[int] | None = None,
 ) -> torch.Tensor:
-    """``(N, L, S, d_k), (N, S, L_a, d_v), (N, L, L_a, d_k) -> (N, S, L, d_v)``, contiguous.
+    """``(N, L, S, d_k), (N, *S, L_a, d_v), (N, L, L_a, d_k) -> (N, *S, L, d_v)``.
 
-    Each sequence's ``L_a`` keys are usually its own ``L`` positions; the 2D path gives each row the
-    keys of all the rows in its window instead.
+    The values (and so the result) may split the ``S`` sequences into two axes ``(S_hi, S_lo)``
+    (e.g. the column step's images and columns, read in place from a channels-last map); the
+    queries keep one. Each sequence's ``L_a`` keys are usually its own ``L`` positions; the 2D path
+    gives each row the keys of all the rows in its window instead.
 
-    With ``transpose_out`` the result is ``(N, S, d_v, L)`` instead: positions
-    innermost, the layout of an NCHW map. ``recompute`` keeps no logits for backward and forms
-    them again there: ``N*S*L*L`` fewer elements stored, one more matmul pass (about 15% of the
-    kernel's time). See the module docstring.
+    With ``transpose_out`` the result is ``(N, *S, d_v, L)`` instead: positions innermost, the
+    layout of an NCHW map. The result is contiguous unless ``out_order`` names the order in which
+    its dimensions lie in memory, outermost first (``[1, 3, 2, 0, 4]`` for ``(N, B, W, H, d_v)``
+    stored as ``(B, H, W, N, d_v)``: channels last). ``recompute`` keeps no logits for backward on
+    the batched-matmul path and forms them again there: ``N*S*L*L`` fewer elements stored, one more
+    matmul pass (about 15% of the kernel's time); the fused CPU kernel never keeps them. See the
+    module docstring.
     """
-    n, length, s, _ = qt.shape
-    keys = v.shape[2]
-    if v.shape[:2] != (n, s) or emb.shape[:3] != (n, length, keys) or emb.shape[3] != qt.shape[3]:
+    seqs = tuple(v.shape[1:-2])
+    n, length, d_k = qt.shape[0], qt.shape[1], qt.shape[-1]
+    if (
+        qt.dim() != 4
+        or not 1 <= len(seqs) <= 2
+        or (v.shape[0], math.prod(seqs)) != (n, qt.shape[2])
+        or tuple(emb.shape) != (n, length, v.shape[-2], d_k)
+    ):
         raise ValueError(
             f"relative_axis_attention: shapes q {tuple(qt.shape)}, v {tuple(v.shape)}, emb {tuple(emb.shape)} "
-            "do not fit (N, L, S, d_k), (N, S, L_a, d_v), (N, L, L_a, d_k)"
+            "do not fit (N, L, S, d_k), (N, *S, L_a, d_v), (N, L, L_a, d_k) with one or two sequence axes S"
         )
     # one dtype throughout, the queries' (under autocast: the projection's lower precision); the
     # casts are outside the function, so autograd returns each gradient in its input's dtype
     v, emb = v.to(qt.dtype), emb.to(qt.dtype)
+    if _native.usable(qt, v, emb):  # the fused kernel reads any strides and writes any layout
+        return _RelativeAxisAttention.apply(qt, v, emb.contiguous(), transpose_out, recompute, out_order)
+    if len(seqs) > 1:  # the batched matmuls take one sequence axis
+        v = v.flatten(1, 2)
     qt = qt if _blas_ok(qt[0]) else qt.contiguous()
     v = v if _blas_ok(v[0]) else v.contiguous()
-    return _RelativeAxisAttention.apply(qt, v, emb.contiguous(), transpose_out, recompute)
+    out = _RelativeAxisAttention.apply(qt, v, emb.contiguous(), transpose_out, recompute, None).unflatten(1, seqs)
+    if out_order:
+        out = _native.empty_in_order(out.shape, list(out_order), out).copy_(out)
+    return out

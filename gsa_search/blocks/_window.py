@@ -9,11 +9,9 @@ Two implementations with the same results behind one custom operator, ``gsa_sear
 (so FLOP counters see the same op whatever runs it):
 
 * a small C kernel (forward, and a backward that gathers instead of scattering so it needs no atomics),
-  compiled with the system C compiler on first use, cached on disk (``GSA_SEARCH_CACHE_DIR``,
-  default ``~/.cache/gsa_search``) and called through :mod:`ctypes`. Built with OpenMP it runs on
-  torch's own OpenMP threads (``torch.set_num_threads`` applies); without, rows are split over Python
-  threads (ctypes releases the GIL). Used for CPU tensors whenever a compiler is found;
-  ``GSA_SEARCH_NATIVE=0`` switches it off.
+  built, cached and run by :mod:`~gsa_search.blocks._native` (system C compiler on first use, disk
+  cache ``GSA_SEARCH_CACHE_DIR``, :mod:`ctypes`, torch's OpenMP threads). Used for CPU tensors
+  whenever a compiler is found; ``GSA_SEARCH_NATIVE=0`` switches it off.
 * plain PyTorch otherwise (CUDA, meta, no compiler): one multiply-add per window offset on the
   overlapping slices.
 """
@@ -21,21 +19,11 @@ Two implementations with the same results behind one custom operator, ``gsa_sear
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import sys
-import tempfile
-import threading
-import warnings
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
+
+from ._native import NativeKernel
 
 __all__ = ["window_sum", "native_available"]
 
@@ -139,6 +127,7 @@ int window_openmp(void) { return 0; }
 #endif
 
 WINDOW_KERNELS(float, f32, 0)
+WINDOW_KERNELS(float, f32, 4)
 WINDOW_KERNELS(float, f32, 8)
 WINDOW_KERNELS(float, f32, 16)
 WINDOW_KERNELS(float, f32, 32)
@@ -146,171 +135,29 @@ WINDOW_KERNELS(float, f32, 64)
 WINDOW_KERNELS(double, f64, 0)
 """
 
-_VARIANTS = ("f32_0", "f32_8", "f32_16", "f32_32", "f32_64", "f64_0")
-# -ffp-contract=fast: let the compiler fuse multiply-adds where the CPU flags allow them
-_FLAGS = ["-O3", "-std=c99", "-ffp-contract=fast", "-fopenmp-simd", "-shared", "-fPIC"]
-_COMPILE_TIMEOUT_S = 300
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_failed: str | None = None
-_pool: ThreadPoolExecutor | None = None
-_openmp = False
+_VARIANTS = ("f32_0", "f32_4", "f32_8", "f32_16", "f32_32", "f32_64", "f64_0")
 
 
-def _reset_pool_after_fork() -> None:
-    global _pool
-    _pool = None  # a forked child has none of the parent's worker threads
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, ptr, strides = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
+    for s in _VARIANTS:
+        getattr(lib, f"window_fwd_{s}").argtypes = [ptr] * 3 + [i64] * 7 + [strides, i64, i64, i64]
+        getattr(lib, f"window_bwd_{s}").argtypes = [ptr] * 5 + [i64] * 7 + [strides, i64, i64, i64]
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_pool_after_fork)
-
-
-def _cpu_flags() -> list[str]:
-    """``-mavx2 -mfma`` on x86-64 CPUs that have both (forward 1.4x faster than SSE2 here; full
-    ``-march=native``, i.e. AVX-512, made the backward slower). The flags are part of the cache key,
-    so a cache shared by different machines holds one build per instruction set."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return []
-    try:
-        with open("/proc/cpuinfo") as info:
-            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
-    except OSError:
-        return []
-    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= set(flags) else []
-
-
-def _openmp_flags(compiler: list[str]) -> list[list[str]]:
-    """Flag sets to try, best first. OpenMP only where the library will bind to the OpenMP runtime
-    torch has already loaded: GCC's ``libgomp.so.1`` on Linux (the dynamic loader reuses the loaded
-    soname), so its threads are torch's and never compete with torch's spinning workers. Elsewhere
-    (clang's libomp, Intel's libiomp, macOS) a second runtime could clash with torch's, so the rows
-    are split over Python threads instead."""
-    if not sys.platform.startswith("linux"):
-        return [[]]
-    try:
-        with open("/proc/self/maps") as maps:
-            gomp_loaded = any("libgomp" in line for line in maps)
-        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return [[]]
-    is_gcc = "Free Software Foundation" in version and "clang" not in version.lower()
-    return [["-fopenmp"], []] if gomp_loaded and is_gcc else [[]]
-
-
-def _cache_dirs() -> list[Path]:
-    """The user's cache (``GSA_SEARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/gsa_search``, else
-    ``~/.cache/gsa_search``), then a private folder in the temporary directory."""
-    root = os.environ.get("GSA_SEARCH_CACHE_DIR")
-    if root:
-        first = Path(root)
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        first = Path(base).absolute() / "gsa_search"
-    user = os.getuid() if hasattr(os, "getuid") else 0
-    return [first, Path(tempfile.gettempdir()) / f"gsa_search-{user}"]
-
-
-def _safe_folder(folder: Path) -> bool:
-    """Create ``folder`` (private) if needed; only load libraries from a folder that is ours and that
-    nobody else can write to (a shared temporary directory could hold anyone's library)."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not hasattr(os, "getuid"):
-        return True
-    info = folder.stat()
-    return info.st_uid == os.getuid() and not info.st_mode & 0o022
-
-
-def _compile(compiler: list[str], flags: list[str], folder: Path, target: Path) -> str | None:
-    """Build ``target`` in ``folder``; the compiler's error on failure."""
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        src, out = Path(tmp) / "window.c", Path(tmp) / target.name
-        src.write_text(_SOURCE)
-        done = subprocess.run(
-            [*compiler, *flags, str(src), "-o", str(out)], capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S
-        )
-        if done.returncode:
-            return f"{' '.join(compiler)} failed: {done.stderr.strip()[:300]}"
-        os.replace(out, target)  # atomic: concurrent builders all end with a complete file
-    return None
-
-
-def _build() -> ctypes.CDLL:
-    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    compiler = shlex.split(os.environ.get("CC", "")) or ([found] if found else [])
-    if not compiler or not shutil.which(compiler[0]):
-        raise RuntimeError(f"no C compiler found ({'CC=' + compiler[0] if compiler else 'set CC, or install gcc or clang'})")
-    suffix = ".dll" if sys.platform == "win32" else ".so"
-    errors = []
-    for extra in _openmp_flags(compiler):
-        flags = [*_FLAGS, *_cpu_flags(), *extra]
-        key_parts = [_SOURCE, *compiler, *flags, sys.platform, platform.machine()]
-        key = hashlib.sha256("\0".join(key_parts).encode()).hexdigest()[:16]
-        for folder in _cache_dirs():
-            target = folder / f"window_{key}{suffix}"
-            try:
-                if not _safe_folder(folder):
-                    errors.append(f"{folder} is not private to this user")
-                    continue
-                if not target.exists():
-                    error = _compile(compiler, flags, folder, target)
-                    if error:
-                        errors.append(error)
-                        break  # these flags fail in any folder: try the next set
-                return ctypes.CDLL(str(target))
-            except (OSError, subprocess.SubprocessError) as err:  # unwritable folder, a library that will not load
-                errors.append(str(err))
-    raise RuntimeError("; ".join(errors))
-
-
-def _library() -> ctypes.CDLL | None:
-    global _lib, _failed, _openmp
-    if _lib is not None or _failed is not None:
-        return _lib
-    with _lock:
-        if _lib is None and _failed is None:
-            try:
-                lib = _build()
-                i64, ptr, strides = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
-                for s in _VARIANTS:
-                    getattr(lib, f"window_fwd_{s}").argtypes = [ptr] * 3 + [i64] * 7 + [strides, i64, i64, i64]
-                    getattr(lib, f"window_bwd_{s}").argtypes = [ptr] * 5 + [i64] * 7 + [strides, i64, i64, i64]
-                _openmp = bool(lib.window_openmp())  # before _lib: readers check _lib without the lock
-                _lib = lib
-            except Exception as err:  # noqa: BLE001 - any build problem means: use the PyTorch path
-                _failed = str(err)
-                warnings.warn(
-                    f"gsa_search: compiled local-window kernel unavailable ({_failed}); "
-                    "using the slower PyTorch path for local 2D positional attention",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-    return _lib
+KERNEL = NativeKernel("window", _SOURCE, _declare, label="local-window",
+                      used_for="local 2D positional attention")
 
 
 def native_available() -> bool:
     """Whether the compiled kernel is used for CPU tensors (builds it on first call)."""
-    if os.environ.get("GSA_SEARCH_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    return _library() is not None
+    return KERNEL.available()
 
 
-def _parallel_rows(fn, rows: int, *args) -> None:
-    """``fn(*args, threads, lo, hi)`` over rows ``[0, rows)``: one call on ``torch.get_num_threads()``
-    OpenMP threads, or (builds without OpenMP) one single-threaded call per Python thread."""
-    global _pool
-    threads = max(1, min(torch.get_num_threads(), rows))
-    if threads == 1 or _openmp:
-        fn(*args, threads, 0, rows)
-        return
-    pool = _pool
-    if pool is None or pool._max_workers < threads:  # noqa: SLF001
-        pool = _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gsa_search-window")
-    bounds = [rows * t // threads for t in range(threads + 1)]
-    jobs = [pool.submit(fn, *args, 1, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    fn(*args, 1, bounds[0], bounds[1])  # the calling thread takes the first share
-    for job in jobs:
-        job.result()
+def __getattr__(name: str):  # read-only views of the kernel's state, for diagnostics
+    if name in ("_lib", "_failed", "_openmp"):
+        return {"_lib": KERNEL.lib, "_failed": KERNEL.failed, "_openmp": KERNEL.openmp}[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _variant(v: torch.Tensor) -> str:
@@ -324,8 +171,8 @@ def _native_forward(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int) -> torch
     out = torch.empty(b, h, w, n, d, dtype=v.dtype)
     if out.numel():
         strides = (ctypes.c_int64 * 4)(*v.stride()[:4])
-        fn = getattr(_lib, f"window_fwd_{_variant(v)}")
-        _parallel_rows(fn, b * h, a.data_ptr(), v.data_ptr(), out.data_ptr(), b, h, w, n, d, ry, rx, strides)
+        fn = getattr(KERNEL.lib, f"window_fwd_{_variant(v)}")
+        KERNEL.run(fn, b * h, a.data_ptr(), v.data_ptr(), out.data_ptr(), b, h, w, n, d, ry, rx, strides)
     return out
 
 
@@ -337,9 +184,9 @@ def _native_backward(
     if not gv.numel():
         return ga.zero_(), gv
     strides = (ctypes.c_int64 * 4)(*v.stride()[:4])
-    fn = getattr(_lib, f"window_bwd_{_variant(v)}")
+    fn = getattr(KERNEL.lib, f"window_bwd_{_variant(v)}")
     args = (a.data_ptr(), v.data_ptr(), g.data_ptr(), ga.data_ptr(), gv.data_ptr(), b, h, w, n, d, ry, rx, strides)
-    _parallel_rows(fn, b * h, *args)
+    KERNEL.run(fn, b * h, *args)
     return ga, gv
 
 

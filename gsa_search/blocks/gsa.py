@@ -77,7 +77,8 @@ class GSAConfig(BlockConfig):
         memory_efficient: keep no positional logits for backward and recompute them there:
             ``heads * B * H * W * (H + W)`` fewer stored elements for 0-10% more time (measured). Changes
             neither the maths nor the FLOPs count. No effect on the local 2D window path, which
-            stores only ``(2r+1)^2`` logits per query and head.
+            stores only ``(2r+1)^2`` logits per query and head, nor on the fused CPU kernel of the
+            axial and row paths, which never stores logits.
     """
 
     heads: int = 8
@@ -292,9 +293,9 @@ class AxialPositionalAttention(nn.Module):
     """Axial relative positional attention: column step, optional BN, row step (no softmax).
 
     Channels last in: ``q: (B, H, W, N, d_k)``, ``v: (B, H, W, N, d_v)`` (strided views are fine).
-    Returns ``(B, N, d_v, H, W)``, a view with W innermost (NCHW order): the row step writes it
-    directly. The column step reads ``(B, W, H, N, d)`` copies of q and v, and the norm between the
-    steps runs on a channels-last view.
+    Returns ``(B, N, d_v, H, W)`` in NCHW memory order: the row step writes it directly. The column step reads v in place (its sequences are the (image, column) pairs: two
+    sequence axes) and q from a ``(B, W, H, N, d_k)`` copy, and writes channels last; the norm
+    between the steps runs on a channels-last view.
     """
 
     def __init__(
@@ -321,26 +322,31 @@ class AxialPositionalAttention(nn.Module):
     def forward(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b, h, w, n, d_v = v.shape
         d_k = q.shape[-1]
-        # column step: sequences (b, w) along H, read from (B, W, H, N, d) copies
-        q_t, v_t = q.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+        # column step: sequences (b, w) along H; the values are read in place (two sequence axes),
+        # the queries from a (B, W, H, N, d_k) copy; written channels last: (N, B, W, H, d_v) stored
+        # as (B, H, W, N, d_v)
+        q_t = q.transpose(1, 2).contiguous()
         c = relative_axis_attention(
-            _position_major(q_t.view(b * w, h, n, d_k)),
-            _sequence_major(v_t.view(b * w, h, n, d_v)),
+            _position_major(q_t.view(b * w, h, n, d_k)),  # (N, H, B*W, d_k)
+            v.permute(3, 0, 2, 1, 4),  # (N, B, W, H, d_v)
             self._absolute(self.rel_col, h),
             recompute=self.recompute,
-        )  # (N, B*W, H, d_v)
-        # to channels last (B, H, W, N*d_v); batch norm over its channels on an NCHW view of it
-        c = c.view(n, b, w, h, d_v).permute(1, 3, 2, 0, 4).reshape(b, h, w, n * d_v)
+            out_order=[1, 3, 2, 0, 4],
+        )
+        c = c.permute(1, 3, 2, 0, 4).reshape(b, h, w, n * d_v)  # a view, (B, H, W, N*d_v)
+        # batch norm over its channels on an NCHW view of it (channels-last memory)
         c = self.norm(c.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        # row step: sequences (b, h) along W, written with W innermost (NCHW order)
+        # row step: sequences (b, h) along W (two sequence axes for the values), written NCHW:
+        # (N, B, H, d_v, W) stored as (B, N, d_v, H, W)
         p = relative_axis_attention(
-            _position_major(q.reshape(b * h, w, n, d_k)),
-            _sequence_major(c.reshape(b * h, w, n, d_v)),
+            _position_major(q.reshape(b * h, w, n, d_k)),  # (N, W, B*H, d_k)
+            c.reshape(b, h, w, n, d_v).permute(3, 0, 1, 2, 4),  # (N, B, H, W, d_v)
             self._absolute(self.rel_row, w),
             transpose_out=True,
             recompute=self.recompute,
-        )  # (N, B*H, d_v, W)
-        return p.view(n, b, h, d_v, w).permute(1, 0, 3, 2, 4)
+            out_order=[1, 0, 3, 2, 4],
+        )
+        return p.permute(1, 0, 3, 2, 4)  # (B, N, d_v, H, W), contiguous
 
 
 # How many times faster (per multiply-add) the banded matmuls of the row path run than the window
