@@ -97,6 +97,7 @@ class Recipe(ConfigMixin):
     warmup_epochs: Union[float, None] = None
     label_smoothing: float = 0.0
     augment: bool = True
+    augment_pad: int = 4
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -123,6 +124,9 @@ class Recipe(ConfigMixin):
                 f"recipe.warmup_epochs must be None or a number in [0, {self.epochs}) (shorter than "
                 f"epochs={self.epochs}, or the learning rate rises for the whole run), got {self.warmup_epochs!r}"
             )
+        if as_int(self.augment_pad) is None or self.augment_pad < 0:
+            raise ValueError(f"recipe.augment_pad must be an integer >= 0 (the largest shift in pixels), "
+                             f"got {self.augment_pad!r}")
         for field in ("augment", "channels_last", "compile"):
             check_bool("recipe", field, getattr(self, field))
         if as_int(self.seed) is None or self.seed < 0:
@@ -147,9 +151,12 @@ class Recipe(ConfigMixin):
         return min(4, max(0, (os.cpu_count() or 1) // 2))
 
 
-# The proxy recipe for the bundled digits data (the demo's and the README's numbers): AdamW,
-# 12 epochs (one of warm-up), 16x16 inputs (the scans are 8x8, so larger inputs only upsample them further).
-DIGITS_RECIPE = Recipe(epochs=12, batch_size=64, optimizer="adamw", lr=3e-3, weight_decay=0.05, label_smoothing=0.1)
+# The proxy recipe for the bundled digits data: AdamW, 10 epochs (one of warm-up), batch 32, shifts of
+# up to 2 pixels (1/8 of the side, CIFAR's 4 at 32x32), 16x16 inputs (the scans are 8x8, so larger
+# inputs only upsample them further). proxy_gsa_resnet: 98.2 +- 0.4% validation accuracy over seeds
+# 0-2 in 24-30 s of training on 2 CPU threads (batch 64 and 4-pixel shifts gave 96.4% after 44 s).
+DIGITS_RECIPE = Recipe(epochs=10, batch_size=32, optimizer="adamw", lr=3e-3, weight_decay=0.05, label_smoothing=0.1,
+                       augment_pad=2)
 DIGITS_IMAGE_SIZE = 16
 # The recipe of the long-range task ``digits-pairs`` (12x12 canvas): no augmentation (a 4-pixel shift
 # moves a 5-pixel digit across the gap or off the canvas), no label smoothing, 5 epochs; measured in
@@ -487,7 +494,7 @@ class _Feed:
         for xb, yb in source:
             if recipe.augment:
                 aug_generator = self.generator if self.resident else None
-                xb = augment(xb, flip=data.flip, fill=data.black, generator=aug_generator)
+                xb = augment(xb, pad=recipe.augment_pad, flip=data.flip, fill=data.black, generator=aug_generator)
             yield xb, yb
 
     def _eval_batches(self, x: torch.Tensor | None, y: torch.Tensor | None, loader: Callable[..., Any]) -> Iterable[Any]:

@@ -616,7 +616,7 @@ def test_augmentation_changes_training(monkeypatch: pytest.MonkeyPatch, synth: D
     real = data_mod.augment
 
     def spy(x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        calls.append((kwargs.get("flip", True), kwargs.get("fill", 0.0), tuple(x.shape)))
+        calls.append((kwargs.get("flip", True), kwargs.get("fill", 0.0), kwargs.get("pad", 4), tuple(x.shape)))
         return real(x, **kwargs)
 
     monkeypatch.setattr(data_mod, "augment", spy)
@@ -625,8 +625,18 @@ def test_augmentation_changes_training(monkeypatch: pytest.MonkeyPatch, synth: D
     augmented = train(tiny_cfg(), tiny_recipe(augment=True), bundle)
     # every training batch, with the data's flip, the padding filled with the data's black (not 0: the
     # images are normalised, so 0 is the mean colour)
-    assert calls == [(flip, bundle.black, (16, 1, 8, 8))] * (2 * 64 // 16)
+    assert calls == [(flip, bundle.black, 4, (16, 1, 8, 8))] * (2 * 64 // 16)
     assert augmented[M.TRAIN_LOSS] != plain[M.TRAIN_LOSS]
+    calls.clear()
+    smaller = train(tiny_cfg(), tiny_recipe(augment=True, augment_pad=1), bundle)
+    assert calls == [(flip, bundle.black, 1, (16, 1, 8, 8))] * (2 * 64 // 16)  # the recipe's largest shift
+    assert smaller[M.TRAIN_LOSS] != augmented[M.TRAIN_LOSS]
+
+
+@pytest.mark.parametrize("pad", [-1, 1.5, "2", True])
+def test_recipe_rejects_a_bad_augment_pad(pad: Any) -> None:
+    with pytest.raises(ValueError, match="augment_pad must be an integer >= 0"):
+        Recipe(augment_pad=pad)
 
 
 # --------------------------------------------------------------------------------------------------
