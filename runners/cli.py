@@ -254,10 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     _threads_option(p, "torch's", per="")
 
     p = sub.add_parser("bench", parents=[output], help="block and trainer benchmarks",
-                       description="Benchmarks: `blocks` times every mixer side by side; `train` measures the "
-                                   "trainer's overhead and time-to-accuracy on digits; `search` the runner's overhead.",
-                       epilog="Example: gsa-search bench blocks --sizes 16 32 64 --threads 2")
-    p.add_argument("what", choices=["blocks", "train", "search", "pruning"],
+                       description="Benchmarks: `blocks` times every mixer side by side (a middle layer: the input "
+                                   "requires grad); `train` measures the trainer's overhead and time-to-accuracy on "
+                                   "digits; `throughput` compares the training images/s of several models side by "
+                                   "side; `search` the runner's overhead.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Examples:\n  gsa-search bench blocks --sizes 16 32 64 --threads 2\n"
+                              "  gsa-search bench throughput --sizes 16 32 --threads 2")
+    p.add_argument("what", choices=["blocks", "train", "throughput", "search", "pruning"],
                    help="pruning: `gsa-search bench pruning --help` lists its own options")
     p.add_argument("--sizes", type=_positive_int, nargs="+", default=[16, 32, 64])
     p.add_argument("--batch", type=_positive_int, default=None, help="default: 8 on CPU, 64 on CUDA")
@@ -268,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive_int, default=2)
     p.add_argument("--mhsa-max-size", type=_positive_int, default=32)
     p.add_argument("--model", default="proxy_gsa_resnet", help="model of the train benchmark")
+    p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                   help="throughput benchmark: presets to compare, the first is the reference (default proxy_resnet "
+                        "proxy_gsa_resnet proxy_gsa_positional proxy_gsa_2d; sizes default 16 32, batch 64)")
     p.add_argument("--skip-accuracy", action="store_true", help="train benchmark: overhead only")
     p.add_argument("--trials", type=_positive_int, default=5, help="search benchmark: trials")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
@@ -526,6 +533,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         from . import bench_cmds
 
         document, text = bench_cmds.train(args)
+    elif args.what == "throughput":
+        from . import bench_cmds
+
+        for name in args.models or []:
+            _model_config(name)  # an unknown name is one line, before any training
+        document, text = bench_cmds.throughput(args)
     else:
         from . import bench_cmds
 
