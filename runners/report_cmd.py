@@ -13,9 +13,9 @@ much they matter for reaching *low* target values, so accuracy (maximised) is ne
 multi-objective studies ``target=None`` ranks them by importance for reaching the Pareto front.
 
 Example:
-    >>> document, text = report_main(Path("reports/demo-search"))  # doctest: +SKIP
+    >>> document, text = report_main(Path("reports/gsa_block_v1-digits-pairs"))  # doctest: +SKIP
     >>> document["files"][0]  # doctest: +SKIP
-    'reports/demo-search/report.html'
+    'reports/gsa_block_v1-digits-pairs/report.html'
 """
 
 from __future__ import annotations

@@ -52,6 +52,35 @@ def test_trainer_overhead_benchmark_runs():
     assert result["train_epoch_s"] > 0 and result["bare_epoch_s"] > 0
 
 
+def test_training_throughput_compares_models_side_by_side(monkeypatch):
+    seen = []
+    real = bench_train.bare_epoch
+
+    def spy(name, data, recipe):
+        seen.append((name, data.image_size, recipe.batch_size))
+        return real(name, data, recipe)
+
+    monkeypatch.setattr(bench_train, "bare_epoch", spy)
+    rows = bench_train.training_throughput(["proxy_resnet", "proxy_gsa_resnet"], [8], rounds=2, batch_size=64,
+                                           device="cpu")
+    assert [(r["size"], r["model"]) for r in rows] == [(8, "proxy_resnet"), (8, "proxy_gsa_resnet")]
+    # a warm-up epoch per model, then the rounds with the order rotated so neither model always runs first
+    assert [n for n, _, _ in seen] == ["proxy_resnet", "proxy_gsa_resnet"] * 2 + ["proxy_gsa_resnet", "proxy_resnet"]
+    assert {(size, batch) for _, size, batch in seen} == {(8, 64)}
+    assert rows[0]["time_vs_first"] == 1.0
+    for row in rows:
+        assert row["images_per_s"] == pytest.approx((1437 // 64) * 64 / row["epoch_s"])
+
+
+def test_throughput_command_prints_one_row_per_model_and_size(capsys):
+    assert main(["bench", "throughput", "--sizes", "8", "--rounds", "1", "--models", "proxy_resnet", "proxy_gsa_resnet",
+                 "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [(r["size"], r["model"]) for r in document["rows"]] == [(8, "proxy_resnet"), (8, "proxy_gsa_resnet")]
+    assert main(["bench", "throughput", "--models", "proxy_resnt"]) == 2
+    assert "did you mean 'proxy_resnet'" in capsys.readouterr().err
+
+
 def test_search_overhead_benchmark_splits_the_wall_time(tmp_path):
     result = bench_cmds.search_overhead(trials=2, recipe={"epochs": 1, "device": "cpu"}, reports_dir=tmp_path)
     assert result["trials"] == 2 and result["train_s_per_trial"] > 0

@@ -50,6 +50,7 @@ SMALL = {
     "bench blocks": ["--sizes", "8", "--rounds", "1", "--repeats", "1"],
     "bench train": ["--skip-accuracy", "--rounds", "1"],
     "bench search": ["--trials", "1"],
+    "bench throughput": ["--sizes", "8", "--rounds", "1", "--models", "proxy_resnet", "proxy_gsa_resnet"],
 }
 
 
