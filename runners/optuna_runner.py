@@ -215,8 +215,8 @@ def open_study(settings: SearchSettings, storage: optuna.storages.BaseStorage, *
         study.set_user_attr("identity", identity)
         study.set_user_attr("settings", json.loads(json.dumps(settings.to_dict(), default=str)))
         study.set_user_attr("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    elif stored != identity:
-        changed = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+    elif settings.identity_changes(stored):
+        changed = settings.identity_changes(stored)
         raise UserError(f"study {settings.study_name!r} already exists with different settings "
                         f"({', '.join(changed)}); re-run with the same options to resume, or pick another --study")
     return study

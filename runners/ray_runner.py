@@ -458,10 +458,8 @@ def _check_study(settings: SearchSettings, study_dir: Path) -> bool:
     if not path.exists():
         return False
     stored = json.loads(path.read_text())
-    identity = json.loads(json.dumps(settings.identity(), default=str))
-    if stored.get("identity") != identity:
-        old = stored.get("identity") or {}
-        changed = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+    changed = settings.identity_changes(stored.get("identity"))
+    if changed:
         raise UserError(f"study {settings.study_name!r} already exists with different settings "
                         f"({', '.join(changed)}); re-run with the same options to resume, or pick another --study")
     if stored.get("n_trials") != settings.n_trials:

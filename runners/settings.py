@@ -208,6 +208,19 @@ class SearchSettings:
             "recipe": self.base_recipe().to_dict(), "max_flops": self.max_flops, "max_params": self.max_params,
         }  # fmt: skip
 
+    def identity_changes(self, stored: dict[str, Any] | None) -> list[str]:
+        """The identity keys on which a stored study differs from these settings (``[]``: the same
+        study). A stored recipe is read through :class:`Recipe`, so a recipe field added since the
+        study was stored, at its default value, is no change."""
+        identity = json.loads(json.dumps(self.identity(), default=str))
+        stored = dict(stored or {})
+        if isinstance(stored.get("recipe"), dict):
+            try:
+                stored["recipe"] = json.loads(json.dumps(Recipe.from_dict(stored["recipe"]).to_dict(), default=str))
+            except (TypeError, ValueError):
+                pass  # an unreadable recipe stays as stored, and differs
+        return sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+
     # --- validation ----------------------------------------------------------------------------------
 
     def validate(self) -> "SearchSettings":

@@ -3,6 +3,7 @@ file, the resolved config written beside the results, and the shipped demo files
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -204,3 +205,22 @@ study = "tiny"
 
     document = json.loads(capsys.readouterr().out)
     assert document["counts"]["complete"] == 1  # resumed: the finished trial is reused, none added
+
+
+def test_a_recipe_field_added_at_its_default_is_not_a_different_study():
+    from runners.settings import SearchSettings
+
+    settings = SearchSettings(space="gsa_block_v1", dataset="synthetic", recipe={"epochs": 2})
+    stored = json.loads(json.dumps(settings.identity(), default=str))
+    assert settings.identity_changes(stored) == []
+    older = {**stored, "recipe": {k: v for k, v in stored["recipe"].items() if k != "augment_pad"}}
+    assert settings.identity_changes(older) == []  # stored before the field existed: same study
+    assert settings.identity_changes({**stored, "recipe": {**stored["recipe"], "epochs": 3}}) == ["recipe"]
+    assert settings.identity_changes({**older, "recipe": {**older["recipe"], "augment_pad": 1}}) == ["recipe"]
+    assert settings.identity_changes({**stored, "dataset": "digits-pairs"}) == ["dataset"]
+    assert settings.identity_changes(None) == sorted(k for k, v in stored.items() if v is not None)
+    # on digits the base recipe's shift changed to 2 pixels: a study stored before (4 pixels implied) differs
+    digits = SearchSettings(space="gsa_block_v1", dataset="digits")
+    now = json.loads(json.dumps(digits.identity(), default=str))
+    before = {**now, "recipe": {k: v for k, v in now["recipe"].items() if k != "augment_pad"}}
+    assert digits.identity_changes(before) == ["recipe"]
