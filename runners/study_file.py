@@ -209,6 +209,8 @@ def resolved_config(args: argparse.Namespace, parser: argparse.ArgumentParser, c
                     **resolved: Any) -> dict[str, Any]:
     """The parsed options of ``command`` as a study file (``None`` values left out; ``resolved``
     adds or replaces keys, e.g. the study name a default produced)."""
+    from .cli import _option_value  # how --dataset-option reads a value; the file keeps its type
+
     out: dict[str, Any] = {"command": command}
     for key, action in option_keys(parser).items():
         value = getattr(args, action.dest, None)
@@ -218,7 +220,7 @@ def resolved_config(args: argparse.Namespace, parser: argparse.ArgumentParser, c
             continue
         if key == "dataset_options":
             pairs = [str(item).partition("=") for item in value]
-            value = {name.replace("-", "_"): _plain(text) for name, _, text in pairs}
+            value = {name.replace("-", "_"): _option_value(text) for name, _, text in pairs}
             if not value:
                 continue
         elif key in _LISTS and isinstance(value, (list, tuple)):
@@ -233,15 +235,6 @@ def resolved_config(args: argparse.Namespace, parser: argparse.ArgumentParser, c
         if key not in out and value is not None:
             out[key] = value
     return out
-
-
-def _plain(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def write_config(path: str | Path, config: Mapping[str, Any], *, header: str = "") -> Path:

@@ -61,15 +61,6 @@ def _blas(t: torch.Tensor) -> torch.Tensor:
     return t if _blas_ok(t) else t.contiguous()
 
 
-def _empty_in_memory_order(t: torch.Tensor) -> torch.Tensor:
-    """An empty tensor shaped like ``t`` whose memory runs in the order of ``t``'s strides: the
-    dense counterpart of a strided view (a channel slice of a projection, say), so the gradient
-    handed back through the caller's views is contiguous in the caller's layout."""
-    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.shape[d]))
-    dense = t.new_empty([t.shape[d] for d in order])
-    return dense.permute([order.index(d) for d in range(t.dim())])
-
-
 def _bmm_into(dest: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """``dest = a @ b``, written in place when ``dest`` is contiguous (BLAS writes only those fast)."""
     if dest.is_contiguous():
@@ -130,8 +121,8 @@ class _RelativeAxisAttention(torch.autograd.Function):
         keys = emb.transpose(2, 3)
         # gradients laid out like the callers' tensors, so that autograd hands contiguous gradients
         # back through the callers' views (chunks BLAS cannot write in place are copied, in cache)
-        d_qt = _empty_in_memory_order(qt)
-        d_v = _empty_in_memory_order(v)
+        d_qt = _native.empty_in_memory_order(qt)
+        d_v = _native.empty_in_memory_order(v)
         d_emb = torch.zeros_like(emb)
         kept = iter(logits_kept)
         for h in range(n):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch.nn import functional as F
@@ -510,22 +510,28 @@ def relative_axis_native(
     _, table_t = _tables(emb)
     dims = _dims(qt, v)
     view = out.transpose(-1, -2) if transpose_out else out  # (N, *S, L, d_v)
-    fn = getattr(_loaded(), f"relative_fwd_{'f64' if qt.dtype == torch.float64 else 'f32'}")
-    failed = []
-
-    def call(*args):
-        if fn(*args):
-            failed.append(True)
-
     s_lo = dims[9]
-    KERNEL.run(call, _units(dims), qt.data_ptr(), _strides(qt, 1, s_lo), v.data_ptr(), _strides(v, -2, s_lo),
-               table_t.data_ptr(), out.data_ptr(), _strides(view, -2, s_lo), dims)
-    if failed:
-        raise MemoryError("relative_axis: the kernel could not allocate its tile buffers")
+    _run("fwd", qt.dtype, _units(dims), qt.data_ptr(), _strides(qt, 1, s_lo), v.data_ptr(), _strides(v, -2, s_lo),
+         table_t.data_ptr(), out.data_ptr(), _strides(view, -2, s_lo), dims)
     return out
 
 
-def _empty_in_memory_order(t: torch.Tensor) -> torch.Tensor:
+def _run(direction: str, dtype: torch.dtype, units: int, *args: Any, slots: bool = False) -> None:
+    """The kernel ``relative_<direction>_<dtype>`` over ``units`` work units (see ``NativeKernel.run``);
+    a nonzero return of any call (its tile buffers could not be allocated) is a ``MemoryError``."""
+    fn = getattr(_loaded(), f"relative_{direction}_{'f64' if dtype == torch.float64 else 'f32'}")
+    failed = []
+
+    def call(*call_args: Any) -> None:
+        if fn(*call_args):
+            failed.append(True)
+
+    KERNEL.run(call, units, *args, slots=slots)
+    if failed:
+        raise MemoryError("relative_axis: the kernel could not allocate its tile buffers")
+
+
+def empty_in_memory_order(t: torch.Tensor) -> torch.Tensor:
     """An empty tensor shaped like ``t`` whose memory runs in the order of ``t``'s strides (the dense
     counterpart of a strided view), so gradients go back through the caller's views contiguously."""
     order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.shape[d]))
@@ -536,7 +542,7 @@ def relative_axis_native_backward(
     qt: torch.Tensor, v: torch.Tensor, emb: torch.Tensor, grad: torch.Tensor, transpose_out: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward on the compiled kernel: ``(d_qt, d_v, d_emb)``, gradients laid out like the inputs."""
-    d_qt, d_v = _empty_in_memory_order(qt), _empty_in_memory_order(v)
+    d_qt, d_v = empty_in_memory_order(qt), empty_in_memory_order(v)
     if not d_qt.numel() or not d_v.numel():
         return d_qt.zero_(), d_v.zero_(), torch.zeros_like(emb)
     table, table_t = _tables(emb)
@@ -545,20 +551,10 @@ def relative_axis_native_backward(
     slots = KERNEL.threads(units)  # one private d_emb buffer per thread, summed at the end
     partial = qt.new_zeros((slots, *table.shape))
     g = grad.transpose(-1, -2) if transpose_out else grad  # (N, *S, L, d_v)
-    fn = getattr(_loaded(), f"relative_bwd_{'f64' if qt.dtype == torch.float64 else 'f32'}")
-    failed = []
-
-    def call(*args):
-        if fn(*args):
-            failed.append(True)
-
     s_lo = dims[9]
-    KERNEL.run(call, units, qt.data_ptr(), _strides(qt, 1, s_lo), v.data_ptr(), _strides(v, -2, s_lo),
-               table.data_ptr(), table_t.data_ptr(), g.data_ptr(), _strides(g, -2, s_lo), d_qt.data_ptr(),
-               _strides(d_qt, 1, s_lo), d_v.data_ptr(), _strides(d_v, -2, s_lo), partial.data_ptr(), dims,
-               slots=True)
-    if failed:
-        raise MemoryError("relative_axis: the kernel could not allocate its tile buffers")
+    _run("bwd", qt.dtype, units, qt.data_ptr(), _strides(qt, 1, s_lo), v.data_ptr(), _strides(v, -2, s_lo),
+         table.data_ptr(), table_t.data_ptr(), g.data_ptr(), _strides(g, -2, s_lo), d_qt.data_ptr(),
+         _strides(d_qt, 1, s_lo), d_v.data_ptr(), _strides(d_v, -2, s_lo), partial.data_ptr(), dims, slots=True)
     d_emb = partial[0] if slots == 1 else partial.sum(0)
     if d_emb.shape != emb.shape:
         d_emb = d_emb[:, :, : emb.shape[2], : emb.shape[3]].contiguous()
@@ -595,7 +591,7 @@ def relative_axis_backward(
 @relative_axis_backward.register_fake
 def _(qt, v, emb, grad, transpose_out):  # type: ignore[no-untyped-def]
     _check(qt, v, emb)
-    return _empty_in_memory_order(qt), _empty_in_memory_order(v), torch.empty_like(emb)
+    return empty_in_memory_order(qt), empty_in_memory_order(v), torch.empty_like(emb)
 
 
 def _eager() -> bool:
