@@ -324,21 +324,33 @@ def read_table(study_dir: Path) -> Any:
     return pd.read_csv(study_dir / "trials.csv")
 
 
-def assert_study_done(trials: Sequence[Any], n_trials: int, study_dir: Path, *, extra: int = 0) -> Any:
+def assert_study_done(trials: Sequence[Any], n_trials: int, study_dir: Path, *, extra: int = 0,
+                      workers: int = 1) -> Any:
     """The study holds exactly ``n_trials`` counted trials (plus ``extra`` uncounted ones), unique
-    numbers, nothing RUNNING or WAITING, and ``trials.csv`` has one row per trial; returns the table."""
+    numbers, nothing RUNNING or WAITING, and ``trials.csv`` has one row per trial; returns the table.
+
+    With ``workers`` > 1, two workers can both see n-1 counted trials and both start one; the later
+    one steps back as a ``surplus`` record before sampling anything (Optuna's storage cannot create a
+    trial only if fewer than N exist). At most ``workers - 1`` such records are allowed; each must be
+    FAIL, never sampled or trained, and absent from ``trials.csv``."""
     from optuna.trial import TrialState
 
     numbers = [t.number for t in trials]
     summary = [(t.number, t.state.name, t.user_attrs.get("status"), t.user_attrs.get("pid")) for t in trials]
     assert len(numbers) == len(set(numbers)), f"duplicate trial numbers: {summary}"
     assert sorted(numbers) == list(range(len(numbers))), f"trial numbers are not 0..n-1: {summary}"
+    surplus = [t for t in trials if t.user_attrs.get("status") == "surplus"]
+    assert len(surplus) <= workers - 1, f"{len(surplus)} surplus trials with {workers} worker(s): {summary}"
+    for t in surplus:
+        assert t.state == TrialState.FAIL and not t.params and "config" not in t.user_attrs \
+            and "curve" not in t.user_attrs, f"surplus trial {t.number} sampled or trained: {summary}"
     left = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert not left, f"trials left RUNNING/WAITING: {left}; {summary}"
     assert counted(trials) == n_trials, f"{counted(trials)} counted trials, expected {n_trials}: {summary}"
-    assert len(trials) == n_trials + extra, f"{len(trials)} trials, expected {n_trials} + {extra}: {summary}"
+    assert len(trials) - len(surplus) == n_trials + extra, f"{len(trials)} trials, expected {n_trials} + {extra}: {summary}"
     table = read_table(study_dir)
-    assert sorted(table["trial"].tolist()) == sorted(numbers), f"trials.csv rows {table['trial'].tolist()} != {numbers}"
+    shown = sorted(t.number for t in trials if t.user_attrs.get("status") != "surplus")
+    assert sorted(table["trial"].tolist()) == shown, f"trials.csv rows {table['trial'].tolist()} != {shown}"
     assert not table["state"].isin(["running", "waiting"]).any(), table[["trial", "state"]]
     return table
 

@@ -56,7 +56,7 @@ def test_two_processes_share_one_postgres_study(gsa: GsaSearch, postgres_study, 
         code = run.wait(90)
         assert code == 0, run.describe()
     trials = load_trials(study, url)
-    assert_study_done(trials, n_trials, tmp_path / "reports" / study)
+    assert_study_done(trials, n_trials, tmp_path / "reports" / study, workers=2)
     pids = {t.user_attrs.get("pid") for t in trials}
     assert pids <= {run.pid for run in runs}, f"trials ran in unknown processes {pids}"
 
@@ -75,7 +75,7 @@ def test_workers_2_on_postgres(gsa: GsaSearch, postgres_study, tmp_path: Path) -
     assert document["storage"].startswith("postgresql+psycopg://")
     assert "postgres:postgres@" not in document["storage"], "the password leaked into the output"
     trials = load_trials(study, url)
-    assert_study_done(trials, n_trials, tmp_path / "reports" / study)
+    assert_study_done(trials, n_trials, tmp_path / "reports" / study, workers=2)
     workers = {t.user_attrs.get("worker") for t in trials}
     assert workers <= {0, 1}, workers
     assert run.pid not in {t.user_attrs.get("pid") for t in trials}, "trials ran in the parent, not in workers"
@@ -251,5 +251,5 @@ def test_workers_2_default_journal_storage(gsa: GsaSearch, study_name: str, tmp_
     assert not (study_dir / "study.db").exists()
     assert document["trials"] == n_trials
     trials = load_trials(study_name, journal_storage(journal))
-    assert_study_done(trials, n_trials, study_dir)
+    assert_study_done(trials, n_trials, study_dir, workers=2)
     assert run.pid not in {t.user_attrs.get("pid") for t in trials}, "trials ran in the parent, not in workers"
