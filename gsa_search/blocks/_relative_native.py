@@ -4,7 +4,10 @@ Status: stable; checked against the batched-matmul path, a naive einsum and grad
 ``tests/test_relative_native.py``.
 
 ``out[n, s, i] = sum_a (q[n, i, s] . emb[n, i, a]) v[n, s, a]`` (see ``_relative.py``). The kernel
-works on units of ``SB`` sequences of one head. For every block of ``IB`` query positions it forms
+works on units of ``SB`` sequences of one head, numbered heads innermost: on a channels-last map the
+heads of a pixel share its cache lines, so the units of one thread that follow each other read them
+from cache (with the heads outermost, each line came from memory once per head: 30% more time at 4-8
+channels per head). For every block of ``IB`` query positions it forms
 the ``IB x SB x L_a`` logits in a small thread-local buffer (the embeddings of a position are read
 once for the ``SB`` sequences), applies them to the values (each value row read once for the ``IB``
 positions) and writes the result; nothing ``L x L`` sized ever reaches memory, so no logits are
@@ -76,7 +79,17 @@ typedef struct {
 /* sequence s = s_hi * Slo + s_lo: strides xs[1] (s_hi) and xs[2] (s_lo) */
 /* short row copies: inline loops (a libc call per 16-element row costs more than the copy) */
 #define COPY(dst, src, w) do { for (int64_t e_ = 0; e_ < (w); ++e_) (dst)[e_] = (src)[e_]; } while (0)
-#define SOFF(s, xs) (((s) / d->Slo) * (xs)[1] + ((s) % d->Slo) * (xs)[2])
+/* so[j] = offset of sequence s0 + j through strides xs[1] (s_hi) and xs[2] (s_lo), for the
+   sequences of a unit that exist; returns their count (one division per call, not one per row) */
+static inline int64_t seq_offsets(int64_t *so, const int64_t *xs, int64_t s0, const dims_t *d) {
+    const int64_t m = d->S - s0 < SB ? d->S - s0 : SB;
+    int64_t hi = s0 / d->Slo, lo = s0 % d->Slo;
+    for (int64_t j = 0; j < m; ++j) {
+        so[j] = hi * xs[1] + lo * xs[2];
+        if (++lo == d->Slo) { lo = 0; ++hi; }
+    }
+    return m;
+}
 
 #define HELPERS(T, S_, V, U)                                                                       \
 enum { VW_##S_ = sizeof(V) / sizeof(T) };                                                          \
@@ -86,18 +99,18 @@ INLINE void st_##S_(T *p, V x) { *(U *)p = x; }
 #define RELATIVE_KERNELS(T, S_, V)                                                                 \
 /* lg[ib][j][a0 .. a0+nv*VW) = sum_k Q[ib][j][k] ET_i[k][a] for j in [j0, j0+4) */                \
 INLINE void logits_tile_##S_(const T *restrict Q, const T *restrict et, T *restrict lg, int ib,    \
-                             int64_t j0, int64_t a0, int nv, const dims_t *d) {                    \
-    V acc[4][2];                                                                                   \
-    for (int r_ = 0; r_ < 4; ++r_) acc[r_][0] = acc[r_][1] = (V){0};                              \
+                             int64_t j0, int64_t a0, int nv, int rows, const dims_t *d) {          \
+    V acc[8][2];                                                                                   \
+    for (int r_ = 0; r_ < rows; ++r_) acc[r_][0] = acc[r_][1] = (V){0};                           \
     for (int64_t k = 0; k < d->dk; ++k) {                                                          \
         V e[2];                                                                                    \
         for (int c = 0; c < nv; ++c) e[c] = ld_##S_(et + k * d->LaP + a0 + c * VW_##S_);           \
-        for (int jj = 0; jj < 4; ++jj) {                                                           \
+        for (int jj = 0; jj < rows; ++jj) {                                                        \
             const T x = Q[((int64_t)ib * SB + j0 + jj) * d->dkP + k];                              \
             for (int c = 0; c < nv; ++c) acc[jj][c] += e[c] * x;                                   \
         }                                                                                          \
     }                                                                                              \
-    for (int jj = 0; jj < 4; ++jj)                                                                 \
+    for (int jj = 0; jj < rows; ++jj)                                                              \
         for (int c = 0; c < nv; ++c)                                                               \
             st_##S_(lg + ((int64_t)ib * SB + j0 + jj) * d->LaP + a0 + c * VW_##S_, acc[jj][c]);    \
 }                                                                                                  \
@@ -105,44 +118,54 @@ static void logits_##S_(const T *restrict Q, const T *restrict ET, T *restrict l
                         int64_t i0, int nib, const dims_t *d) {                                    \
     for (int ib = 0; ib < IB; ++ib) {                                                              \
         if (ib >= nib) { /* zero rows up to the end of the last 4-row tile */                      \
-            if (ib < ((nib + 3) & ~3)) memset(lg + (int64_t)ib * SB * d->LaP, 0, sizeof(T) * SB * d->LaP); \
+            memset(lg + (int64_t)ib * SB * d->LaP, 0, sizeof(T) * SB * d->LaP); /* tiles of 8 rows read them */ \
             continue;                                                                              \
         }                                                                                          \
         const T *et = ET + (n * d->L + i0 + ib) * d->dkP * d->LaP;                                 \
+        if (d->LaP == VW_##S_) { /* one vector of keys: 8 sequences per tile keep 8 FMA chains */  \
+            logits_tile_##S_(Q, et, lg, ib, 0, 0, 1, 8, d);                                        \
+            continue;                                                                              \
+        }                                                                                          \
         for (int64_t j0 = 0; j0 < SB; j0 += 4) {                                                   \
             int64_t a0 = 0;                                                                        \
-            for (; a0 + 2 * VW_##S_ <= d->LaP; a0 += 2 * VW_##S_) logits_tile_##S_(Q, et, lg, ib, j0, a0, 2, d); \
-            if (a0 < d->LaP) logits_tile_##S_(Q, et, lg, ib, j0, a0, 1, d);                        \
+            for (; a0 + 2 * VW_##S_ <= d->LaP; a0 += 2 * VW_##S_) logits_tile_##S_(Q, et, lg, ib, j0, a0, 2, 4, d); \
+            if (a0 < d->LaP) logits_tile_##S_(Q, et, lg, ib, j0, a0, 1, 4, d);                     \
         }                                                                                          \
     }                                                                                              \
 }                                                                                                  \
 /* O[ib][j][e] = sum_a lg[ib][j][a] X[j][a][e] (X: SB x LaP x width, rows of width w) */          \
 INLINE void apply_tile_##S_(const T *restrict lg, const T *restrict X, T *restrict O, int64_t j,   \
-                            int ib0, int64_t e0, int nv, int64_t w, int64_t La, const dims_t *d) { \
-    V acc[4][2];                                                                                   \
-    for (int r_ = 0; r_ < 4; ++r_) acc[r_][0] = acc[r_][1] = (V){0};                              \
+                            int ib0, int64_t e0, int nv, int rows, int64_t w, int64_t La,          \
+                            const dims_t *d) {                                                     \
+    V acc[8][2];                                                                                   \
+    for (int r_ = 0; r_ < rows; ++r_) acc[r_][0] = acc[r_][1] = (V){0};                           \
     const T *x = X + j * d->LaP * w + e0;                                                          \
     const T *l = lg + ((int64_t)ib0 * SB + j) * d->LaP;                                            \
     for (int64_t a = 0; a < La; ++a) {                                                             \
         V xv[2];                                                                                   \
         for (int c = 0; c < nv; ++c) xv[c] = ld_##S_(x + a * w + c * VW_##S_);                     \
-        for (int ii = 0; ii < 4; ++ii) {                                                           \
+        for (int ii = 0; ii < rows; ++ii) {                                                        \
             const T s = l[(int64_t)ii * SB * d->LaP + a];                                          \
             for (int c = 0; c < nv; ++c) acc[ii][c] += xv[c] * s;                                  \
         }                                                                                          \
     }                                                                                              \
-    for (int ii = 0; ii < 4; ++ii)                                                                 \
+    for (int ii = 0; ii < rows; ++ii)                                                              \
         for (int c = 0; c < nv; ++c)                                                               \
             st_##S_(O + ((int64_t)(ib0 + ii) * SB + j) * w + e0 + c * VW_##S_, acc[ii][c]);        \
 }                                                                                                  \
 static void apply_##S_(const T *restrict lg, const T *restrict X, T *restrict O, int64_t w,        \
                        int64_t La, int nib, const dims_t *d) {                                     \
-    for (int64_t j = 0; j < SB; ++j)                                                               \
+    for (int64_t j = 0; j < SB; ++j) {                                                             \
+        if (w == VW_##S_) { /* one vector wide: all IB = 8 positions (zero logits past nib) */     \
+            apply_tile_##S_(lg, X, O, j, 0, 0, 1, 8, w, La, d);                                    \
+            continue;                                                                              \
+        }                                                                                          \
         for (int ib0 = 0; ib0 < nib; ib0 += 4) {                                                   \
             int64_t e0 = 0;                                                                        \
-            for (; e0 + 2 * VW_##S_ <= w; e0 += 2 * VW_##S_) apply_tile_##S_(lg, X, O, j, ib0, e0, 2, w, La, d); \
-            if (e0 < w) apply_tile_##S_(lg, X, O, j, ib0, e0, 1, w, La, d);                        \
+            for (; e0 + 2 * VW_##S_ <= w; e0 += 2 * VW_##S_) apply_tile_##S_(lg, X, O, j, ib0, e0, 2, 4, w, La, d); \
+            if (e0 < w) apply_tile_##S_(lg, X, O, j, ib0, e0, 1, 4, w, La, d);                     \
         }                                                                                          \
+    }                                                                                              \
 }                                                                                                  \
 /* dlg[ib][j][a] = sum_e G[ib][j][e] VT[j][e][a] */                                                \
 INLINE void dlogits_tile_##S_(const T *restrict G, const T *restrict VT, T *restrict dlg, int64_t j, \
@@ -167,35 +190,41 @@ INLINE void dlogits_tile_##S_(const T *restrict G, const T *restrict VT, T *rest
 /* d_v (rows a, sum over positions) and d_emb (rows a, sum over sequences) */                      \
 INLINE void outer_tile_##S_(T *restrict Y, const T *restrict lgm, int64_t lstride,                 \
                             const T *restrict X, int64_t xstride, int64_t M, int64_t r0,           \
-                            int64_t e0, int nv, int64_t w) {                                       \
-    V acc[4][2];                                                                                   \
-    for (int rr = 0; rr < 4; ++rr)                                                                 \
+                            int64_t e0, int nv, int rows, int64_t w) {                             \
+    V acc[8][2];                                                                                   \
+    for (int rr = 0; rr < rows; ++rr)                                                              \
         for (int c = 0; c < nv; ++c) acc[rr][c] = ld_##S_(Y + (r0 + rr) * w + e0 + c * VW_##S_);   \
     for (int64_t m = 0; m < M; ++m) {                                                              \
         V x[2];                                                                                    \
         for (int c = 0; c < nv; ++c) x[c] = ld_##S_(X + m * xstride + e0 + c * VW_##S_);           \
         const T *l = lgm + m * lstride + r0;                                                       \
-        for (int rr = 0; rr < 4; ++rr)                                                             \
+        for (int rr = 0; rr < rows; ++rr)                                                          \
             for (int c = 0; c < nv; ++c) acc[rr][c] += x[c] * l[rr];                               \
     }                                                                                              \
-    for (int rr = 0; rr < 4; ++rr)                                                                 \
+    for (int rr = 0; rr < rows; ++rr)                                                              \
         for (int c = 0; c < nv; ++c) st_##S_(Y + (r0 + rr) * w + e0 + c * VW_##S_, acc[rr][c]);     \
 }                                                                                                  \
 static void outer_##S_(T *restrict Y, const T *restrict lgm, int64_t lstride, const T *restrict X, \
                        int64_t xstride, int64_t M, int64_t rows, int64_t w) {                      \
+    if (w == VW_##S_ && rows % 8 == 0) { /* one vector wide: 8 rows per tile keep 8 FMA chains */ \
+        for (int64_t r0 = 0; r0 < rows; r0 += 8) outer_tile_##S_(Y, lgm, lstride, X, xstride, M, r0, 0, 1, 8, w); \
+        return;                                                                                    \
+    }                                                                                              \
     for (int64_t r0 = 0; r0 < rows; r0 += 4) {                                                     \
         int64_t e0 = 0;                                                                            \
-        for (; e0 + 2 * VW_##S_ <= w; e0 += 2 * VW_##S_) outer_tile_##S_(Y, lgm, lstride, X, xstride, M, r0, e0, 2, w); \
-        if (e0 < w) outer_tile_##S_(Y, lgm, lstride, X, xstride, M, r0, e0, 1, w);                 \
+        for (; e0 + 2 * VW_##S_ <= w; e0 += 2 * VW_##S_) outer_tile_##S_(Y, lgm, lstride, X, xstride, M, r0, e0, 2, 4, w); \
+        if (e0 < w) outer_tile_##S_(Y, lgm, lstride, X, xstride, M, r0, e0, 1, 4, w);              \
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
 static void gather_values_##S_(const T *restrict v, const int64_t *vs, T *restrict X, int64_t n,   \
                                int64_t s0, const dims_t *d) {                                      \
+    int64_t so[SB];                                                                                \
+    const int64_t m = seq_offsets(so, vs, s0, d);                                                  \
     memset(X, 0, sizeof(T) * SB * d->LaP * d->dvP);                                                \
-    for (int64_t j = 0; j < SB && s0 + j < d->S; ++j)                                              \
+    for (int64_t j = 0; j < m; ++j)                                              \
         for (int64_t a = 0; a < d->La; ++a) {                                                      \
-            const T *src = v + n * vs[0] + SOFF(s0 + j, vs) + a * vs[3];                          \
+            const T *src = v + n * vs[0] + so[j] + a * vs[3];                          \
             T *dst = X + (j * d->LaP + a) * d->dvP;                                                \
             if (vs[4] == 1) COPY(dst, src, d->dv);                                   \
             else for (int64_t e = 0; e < d->dv; ++e) dst[e] = src[e * vs[4]];                      \
@@ -205,18 +234,20 @@ static void gather_values_##S_(const T *restrict v, const int64_t *vs, T *restri
 static void gather_rows_##S_(const T *restrict x, const int64_t *xs, T *restrict X,                \
                              int64_t w, int64_t wP, int64_t n, int64_t i0, int nib, int64_t s0,     \
                              const dims_t *d) {                                                    \
+    int64_t so[SB];                                                                                \
+    const int64_t m = seq_offsets(so, xs, s0, d);                                                  \
     memset(X, 0, sizeof(T) * IB * SB * wP);                                                        \
     if (xs[3] == 1 && xs[4] != 1) { /* positions innermost (an NCHW map): read along them */       \
-        for (int64_t j = 0; j < SB && s0 + j < d->S; ++j)                                          \
+        for (int64_t j = 0; j < m; ++j)                                          \
             for (int64_t e = 0; e < w; ++e) {                                                      \
-                const T *src = x + n * xs[0] + i0 + SOFF(s0 + j, xs) + e * xs[4];                 \
+                const T *src = x + n * xs[0] + i0 + so[j] + e * xs[4];                 \
                 for (int ib = 0; ib < nib; ++ib) X[((int64_t)ib * SB + j) * wP + e] = src[ib];     \
             }                                                                                      \
         return;                                                                                    \
     }                                                                                              \
     for (int ib = 0; ib < nib; ++ib)                                                               \
-        for (int64_t j = 0; j < SB && s0 + j < d->S; ++j) {                                        \
-            const T *src = x + n * xs[0] + (i0 + ib) * xs[3] + SOFF(s0 + j, xs);                  \
+        for (int64_t j = 0; j < m; ++j) {                                        \
+            const T *src = x + n * xs[0] + (i0 + ib) * xs[3] + so[j];                  \
             T *dst = X + ((int64_t)ib * SB + j) * wP;                                              \
             if (xs[4] == 1) COPY(dst, src, w);                                       \
             else for (int64_t e = 0; e < w; ++e) dst[e] = src[e * xs[4]];                          \
@@ -225,17 +256,19 @@ static void gather_rows_##S_(const T *restrict x, const int64_t *xs, T *restrict
 static void scatter_rows_##S_(T *restrict x, const int64_t *xs, const T *restrict X,               \
                               int64_t w, int64_t wP, int64_t n, int64_t i0, int nib, int64_t s0,    \
                               const dims_t *d) {                                                   \
+    int64_t so[SB];                                                                                \
+    const int64_t m = seq_offsets(so, xs, s0, d);                                                  \
     if (xs[3] == 1 && xs[4] != 1) { /* positions innermost (an NCHW map): write along them */      \
-        for (int64_t j = 0; j < SB && s0 + j < d->S; ++j)                                          \
+        for (int64_t j = 0; j < m; ++j)                                          \
             for (int64_t e = 0; e < w; ++e) {                                                      \
-                T *dst = x + n * xs[0] + i0 + SOFF(s0 + j, xs) + e * xs[4];                       \
+                T *dst = x + n * xs[0] + i0 + so[j] + e * xs[4];                       \
                 for (int ib = 0; ib < nib; ++ib) dst[ib] = X[((int64_t)ib * SB + j) * wP + e];     \
             }                                                                                      \
         return;                                                                                    \
     }                                                                                              \
     for (int ib = 0; ib < nib; ++ib)                                                               \
-        for (int64_t j = 0; j < SB && s0 + j < d->S; ++j) {                                        \
-            T *dst = x + n * xs[0] + (i0 + ib) * xs[3] + SOFF(s0 + j, xs);                        \
+        for (int64_t j = 0; j < m; ++j) {                                        \
+            T *dst = x + n * xs[0] + (i0 + ib) * xs[3] + so[j];                        \
             const T *src = X + ((int64_t)ib * SB + j) * wP;                                        \
             if (xs[4] == 1) COPY(dst, src, w);                                       \
             else for (int64_t e = 0; e < w; ++e) dst[e * xs[4]] = src[e];                          \
@@ -246,7 +279,7 @@ int relative_fwd_##S_(const T *q, const int64_t *qs, const T *v, const int64_t *
                       T *out, const int64_t *os, const int64_t *dd, int64_t nt, int64_t u0,       \
                       int64_t u1) {                                                                \
     const dims_t dm = {dd[0], dd[1], dd[2], dd[3], dd[4], dd[5], dd[6], dd[7], dd[8], dd[9]}, *d = &dm;   \
-    const int64_t units = (d->S + SB - 1) / SB; /* per head; a unit is (head, SB sequences) */    \
+    /* a unit is (head, SB sequences), u = sequence block * N + head */                           \
     int failed = 0;                                                                                \
     _Pragma("omp parallel num_threads(nt)")                                                        \
     {                                                                                              \
@@ -258,7 +291,7 @@ int relative_fwd_##S_(const T *q, const int64_t *qs, const T *v, const int64_t *
         _Pragma("omp for schedule(static)")                                                        \
         for (int64_t u = u0; u < u1; ++u) {                                                        \
             if (!buf) continue;                                                                    \
-            const int64_t n = u / units, s0 = (u % units) * SB;                                    \
+            const int64_t n = u % d->N, s0 = (u / d->N) * SB;                                    \
             gather_values_##S_(v, vs, X, n, s0, d);                                                \
             for (int64_t i0 = 0; i0 < d->L; i0 += IB) {                                            \
                 const int nib = (int)(d->L - i0 < IB ? d->L - i0 : IB);                            \
@@ -278,7 +311,7 @@ int relative_bwd_##S_(const T *q, const int64_t *qs, const T *v, const int64_t *
                       T *dv, const int64_t *dvs, T *dE, const int64_t *dd, int64_t nt, int64_t u0, \
                       int64_t u1, int64_t slot0) {                                                 \
     const dims_t dm = {dd[0], dd[1], dd[2], dd[3], dd[4], dd[5], dd[6], dd[7], dd[8], dd[9]}, *d = &dm;   \
-    const int64_t units = (d->S + SB - 1) / SB; /* per head; a unit is (head, SB sequences) */    \
+    /* a unit is (head, SB sequences), u = sequence block * N + head */                           \
     int failed = 0;                                                                                \
     _Pragma("omp parallel num_threads(nt)")                                                        \
     {                                                                                              \
@@ -292,7 +325,7 @@ int relative_bwd_##S_(const T *q, const int64_t *qs, const T *v, const int64_t *
         _Pragma("omp for schedule(static)")                                                        \
         for (int64_t u = u0; u < u1; ++u) {                                                        \
             if (!buf) continue;                                                                    \
-            const int64_t n = u / units, s0 = (u % units) * SB;                                    \
+            const int64_t n = u % d->N, s0 = (u / d->N) * SB;                                    \
             gather_values_##S_(v, vs, X, n, s0, d);                                                \
             for (int64_t j = 0; j < SB; ++j) /* XT[j][e][a] = X[j][a][e] */                        \
                 for (int64_t a = 0; a < d->LaP; ++a)                                               \
@@ -326,9 +359,11 @@ int relative_bwd_##S_(const T *q, const int64_t *qs, const T *v, const int64_t *
                                dlg + (int64_t)ib * SB * d->LaP, d->LaP,                            \
                                Q + (int64_t)ib * SB * d->dkP, d->dkP, SB, d->LaP, d->dkP);         \
             }                                                                                      \
-            for (int64_t j = 0; j < SB && s0 + j < d->S; ++j) /* d_v rows out */                   \
+            int64_t so[SB];                                                                        \
+            const int64_t m = seq_offsets(so, dvs, s0, d);                                         \
+            for (int64_t j = 0; j < m; ++j) /* d_v rows out */                                     \
                 for (int64_t a = 0; a < d->La; ++a) {                                              \
-                    T *dst = dv + n * dvs[0] + SOFF(s0 + j, dvs) + a * dvs[3];                    \
+                    T *dst = dv + n * dvs[0] + so[j] + a * dvs[3];                                 \
                     const T *src = dX + (j * d->LaP + a) * d->dvP;                                 \
                     if (dvs[4] == 1) COPY(dst, src, d->dv);                          \
                     else for (int64_t e = 0; e < d->dv; ++e) dst[e * dvs[4]] = src[e];             \
@@ -342,26 +377,30 @@ int relative_bwd_##S_(const T *q, const int64_t *qs, const T *v, const int64_t *
 /* dQ[j][k] = sum_a dl[j][a] Ei[a][k] for the SB sequences of one position (rows j of width dkP) */
 #define APPLY_ROWS(T, S_, V)                                                                       \
 INLINE void apply_rows_tile_##S_(const T *restrict dl, const T *restrict Ei, T *restrict dQ,       \
-                                 int64_t j0, int64_t k0, int nv, const dims_t *d) {                \
-    V acc[4][2];                                                                                   \
-    for (int r_ = 0; r_ < 4; ++r_) acc[r_][0] = acc[r_][1] = (V){0};                              \
+                                 int64_t j0, int64_t k0, int nv, int rows, const dims_t *d) {      \
+    V acc[8][2];                                                                                   \
+    for (int r_ = 0; r_ < rows; ++r_) acc[r_][0] = acc[r_][1] = (V){0};                           \
     for (int64_t a = 0; a < d->La; ++a) {                                                          \
         V x[2];                                                                                    \
         for (int c = 0; c < nv; ++c) x[c] = ld_##S_(Ei + a * d->dkP + k0 + c * VW_##S_);           \
-        for (int jj = 0; jj < 4; ++jj) {                                                           \
+        for (int jj = 0; jj < rows; ++jj) {                                                        \
             const T s = dl[(j0 + jj) * d->LaP + a];                                                \
             for (int c = 0; c < nv; ++c) acc[jj][c] += x[c] * s;                                   \
         }                                                                                          \
     }                                                                                              \
-    for (int jj = 0; jj < 4; ++jj)                                                                 \
+    for (int jj = 0; jj < rows; ++jj)                                                              \
         for (int c = 0; c < nv; ++c) st_##S_(dQ + (j0 + jj) * d->dkP + k0 + c * VW_##S_, acc[jj][c]); \
 }                                                                                                  \
 static void apply_##S_##_rows(const T *restrict dl, const T *restrict Ei, T *restrict dQ,          \
                               const dims_t *d) {                                                   \
+    if (d->dkP == VW_##S_) { /* one vector wide: all SB = 8 sequences in one tile */             \
+        apply_rows_tile_##S_(dl, Ei, dQ, 0, 0, 1, 8, d);                                           \
+        return;                                                                                    \
+    }                                                                                              \
     for (int64_t j0 = 0; j0 < SB; j0 += 4) {                                                       \
         int64_t k0 = 0;                                                                            \
-        for (; k0 + 2 * VW_##S_ <= d->dkP; k0 += 2 * VW_##S_) apply_rows_tile_##S_(dl, Ei, dQ, j0, k0, 2, d); \
-        if (k0 < d->dkP) apply_rows_tile_##S_(dl, Ei, dQ, j0, k0, 1, d);                           \
+        for (; k0 + 2 * VW_##S_ <= d->dkP; k0 += 2 * VW_##S_) apply_rows_tile_##S_(dl, Ei, dQ, j0, k0, 2, 4, d); \
+        if (k0 < d->dkP) apply_rows_tile_##S_(dl, Ei, dQ, j0, k0, 1, 4, d);                        \
     }                                                                                              \
 }
 
