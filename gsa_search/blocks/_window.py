@@ -45,9 +45,9 @@ static void fwd_row_##S##_##DD(const T *restrict a, const T *restrict v, T *rest
     const int64_t b = r / H, i = r % H;                                                            \
     const int64_t y0 = MAX(0, ry - i), y1 = MIN(2 * ry + 1, H + ry - i); /* dy with a row */       \
     T acc[DD ? DD : D0];                                                                           \
-    for (int64_t j = 0; j < W; ++j) {                                                              \
-        const int64_t p = r * W + j, x0 = MAX(0, rx - j), x1 = MIN(KX, W + rx - j);                \
-        for (int64_t n = 0; n < N; ++n) {                                                          \
+    for (int64_t n = 0; n < N; ++n) { /* one head at a time: its weights of the row stay in cache */ \
+        for (int64_t j = 0; j < W; ++j) {                                                          \
+            const int64_t p = r * W + j, x0 = MAX(0, rx - j), x1 = MIN(KX, W + rx - j);            \
             const T *restrict ap = a + (n * P + p) * KK;                                           \
             for (int64_t e = 0; e < D; ++e) acc[e] = 0;                                            \
             for (int64_t dy = y0; dy < y1; ++dy) {                                                 \
@@ -74,10 +74,10 @@ static void bwd_row_##S##_##DD(const T *restrict a, const T *restrict v, const T
     const int64_t y0 = MAX(0, ry - i), y1 = MIN(2 * ry + 1, H + ry - i);                           \
     const int64_t z0 = MAX(0, i + ry - (H - 1)), z1 = MIN(2 * ry + 1, i + ry + 1);                 \
     T acc[DD ? DD : D0];                                                                           \
-    for (int64_t j = 0; j < W; ++j) {                                                              \
-        const int64_t p = r * W + j, x0 = MAX(0, rx - j), x1 = MIN(KX, W + rx - j);                \
-        const int64_t u0 = MAX(0, j + rx - (W - 1)), u1 = MIN(KX, j + rx + 1);                     \
-        for (int64_t n = 0; n < N; ++n) {                                                          \
+    for (int64_t n = 0; n < N; ++n) { /* one head at a time: the weights it gathers stay in cache */ \
+        for (int64_t j = 0; j < W; ++j) {                                                          \
+            const int64_t p = r * W + j, x0 = MAX(0, rx - j), x1 = MIN(KX, W + rx - j);            \
+            const int64_t u0 = MAX(0, j + rx - (W - 1)), u1 = MIN(KX, j + rx + 1);                 \
             const T *restrict gp = g + (p * N + n) * D;                                            \
             T *restrict gap = ga + (n * P + p) * KK;                                               \
             for (int64_t k = 0; k < KK; ++k) gap[k] = 0;                                           \
