@@ -195,6 +195,15 @@ def _window_sum_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
     return Counter({"window_sum": math.prod(_shape(inputs[0])) * _shape(inputs[1])[-1]})
 
 
+def _window_attention_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
+    """``blocks._window.window_attention(q, v, rel)``, the fused local window: the logits
+    ``N*B*H*W*K*d_k`` (counted as the ``matmul`` the unfused path runs) and the weighting
+    ``N*B*H*W*K*d_v`` (as its ``window_sum``), so the breakdown does not depend on which ran."""
+    q, v, rel = (_shape(t) for t in inputs[:3])
+    pairs = math.prod(q[:4]) * rel[1]
+    return Counter({"matmul": pairs * q[4], "window_sum": pairs * v[4]})
+
+
 def _projection_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
     """``blocks.gsa.PointwiseProjection``: a 1x1 convolution, ``B*H*W*C_in*C_out``."""
     x, weight = _shape(inputs[0]), _shape(inputs[1])
@@ -218,6 +227,7 @@ def _fvcore_handles() -> dict[str, Callable[[list[Any], list[Any]], Any]]:
         "prim::PythonOp._RelativeAxisAttention": _relative_axis_macs,
         "prim::PythonOp._Projection": _projection_macs,
         "gsa_search::window_sum": _window_sum_macs,
+        "gsa_search::window_attention": _window_attention_macs,
     }
 
 

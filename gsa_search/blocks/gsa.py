@@ -25,9 +25,10 @@ backbone builder fills it in per stage.
 Implementation: the projection returns q, k, v channels last (one batched matmul, no copy of the
 input), which both positional steps and the content path read in place through strided views; the
 relative-attention kernel (``_relative.py``) writes the row step's result in NCHW order, so the
-block needs no transpose at its output. Local 2D windows are computed key by key (a logits matmul
-and the compiled window sum of ``_window.py``); windows about as wide as the map reuse the banded
-row kernel (:func:`window_path` decides).
+block needs no transpose at its output. Local 2D windows are computed key by key (on CPU by the
+fused window-attention kernel of ``_window.py``, which never stores the logits; elsewhere a logits
+matmul and the window sum); windows about as wide as the map reuse the banded row kernel
+(:func:`window_path` decides).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from torch import nn
 
 from ..config import check_bool, check_choice, check_positive_int, normalize_numbers
 from ._relative import relative_axis_attention
-from ._window import window_sum
+from ._window import fused_usable, window_attention, window_sum
 from .base import BlockConfig, SpatialMixer, downsample_pool, head_dims, register_block
 
 __all__ = [
@@ -368,9 +369,11 @@ class Positional2DAttention(nn.Module):
     Two exact algorithms, picked by :func:`window_path` from the window and map sizes alone (so the
     FLOPs count of a block never depends on the machine):
 
-    * window: logits ``q . R[dy, dx]`` for the ``(2r+1)^2`` offsets as one matmul, then each query's
-      weighted sum over its own window (:func:`~gsa_search.blocks._window.window_sum`: a compiled CPU
-      kernel, plain PyTorch elsewhere); ``(2r+1)^2 (d_k + d_v)`` multiply-adds per query and head.
+    * window: logits ``q . R[dy, dx]`` for the ``(2r+1)^2`` offsets, then each query's weighted sum
+      over its own window; ``(2r+1)^2 (d_k + d_v)`` multiply-adds per query and head. On CPU one
+      compiled kernel does both without storing the logits
+      (:func:`~gsa_search.blocks._window.window_attention`); elsewhere the logits are one matmul and
+      the sum is :func:`~gsa_search.blocks._window.window_sum`.
     * rows, for windows about as wide as the map: the axial kernel
       (:func:`relative_axis_attention`), every query row against the ``2r+1`` whole rows around it
       with the window's row ``R[dy, :]`` as a banded table; ``(2r+1) W (d_k + d_v)`` per query plus
@@ -393,6 +396,9 @@ class Positional2DAttention(nn.Module):
         rel = self.rel[:, s - ry : s + ry + 1, s - rx : s + rx + 1]  # (E, 2ry+1, 2rx+1, d_k)
         if window_path(h, w, ry, rx):
             kk = (2 * ry + 1) * (2 * rx + 1)
+            if fused_usable(q, v, rel):  # CPU: logits formed inside the kernel, never stored
+                table = rel.reshape(rel.shape[0], kk, d_k).expand(n, -1, -1)
+                return window_attention(q, v, table, ry, rx).permute(0, 3, 4, 1, 2)
             logits = torch.matmul(q.flatten(0, 2).transpose(0, 1), rel.reshape(-1, kk, d_k).transpose(1, 2))
             out = window_sum(logits.view(n, b, h, w, kk), v, ry, rx)  # (B, H, W, N, d_v)
             return out.permute(0, 3, 4, 1, 2)
