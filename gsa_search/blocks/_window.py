@@ -26,7 +26,7 @@ gradients, then per key the values' gradient as a gather over the queries that s
 conflicts; each thread sums its offsets' gradient privately). Channel loops are compiled for
 ``d_k == d_v`` in 4, 8, 16, 32, 64 and generic otherwise. Measured on the proxies' shapes (batch
 64, 4 heads, 7x7 window, 2 threads), forward + backward of the 2D attention: 83 -> 49 ms at 32x32
-with 4 channels per head, 97 -> 57-68 ms with 8; at 16x16 with 16 channels about 15 -> 18 ms
+with 4 channels per head, 97 -> 57-68 ms with 8; at 16x16 with 16 channels about 16 -> 18.5 ms
 (the stored logits are small there).
 """
 
