@@ -66,6 +66,8 @@ CASES = [
     (1, 5, 4, 2, 3, 5, 1, 1, False),  # d_k != d_v: the generic kernel
     (1, 1, 6, 1, 4, 4, 0, 2, False),  # one row: a 1 x 5 window
     (1, 3, 1, 2, 8, 8, 2, 0, True),  # one column, window taller than the map
+    (1, 3, 4, 2, 32, 32, 1, 1, True),  # specialised (32)
+    (2, 2, 3, 1, 64, 64, 0, 0, False),  # specialised (64), a 1x1 window (one offset, 7 padding)
 ]
 
 
@@ -133,6 +135,7 @@ def test_bad_inputs_are_rejected_with_the_shapes():
     with pytest.raises(ValueError, match="one dtype"):
         window_attention(q.double(), v, rel, 1, 1)
     assert not fused_usable(q.bfloat16()) and fused_usable(q, v, rel)
+    assert not fused_usable(q, v.double(), rel)  # mixed dtypes: the block takes the unfused path
 
 
 def test_empty_batch():

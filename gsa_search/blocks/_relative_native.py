@@ -97,7 +97,7 @@ INLINE V ld_##S_(const T *p) { return *(const U *)p; }                          
 INLINE void st_##S_(T *p, V x) { *(U *)p = x; }
 
 #define RELATIVE_KERNELS(T, S_, V)                                                                 \
-/* lg[ib][j][a0 .. a0+nv*VW) = sum_k Q[ib][j][k] ET_i[k][a] for j in [j0, j0+4) */                \
+/* lg[ib][j][a0 .. a0+nv*VW) = sum_k Q[ib][j][k] ET_i[k][a] for j in [j0, j0+rows) */             \
 INLINE void logits_tile_##S_(const T *restrict Q, const T *restrict et, T *restrict lg, int ib,    \
                              int64_t j0, int64_t a0, int nv, int rows, const dims_t *d) {          \
     V acc[8][2];                                                                                   \
@@ -117,7 +117,7 @@ INLINE void logits_tile_##S_(const T *restrict Q, const T *restrict et, T *restr
 static void logits_##S_(const T *restrict Q, const T *restrict ET, T *restrict lg, int64_t n,      \
                         int64_t i0, int nib, const dims_t *d) {                                    \
     for (int ib = 0; ib < IB; ++ib) {                                                              \
-        if (ib >= nib) { /* zero rows up to the end of the last 4-row tile */                      \
+        if (ib >= nib) { /* zero rows: tiles of 4 or 8 rows read them */                          \
             memset(lg + (int64_t)ib * SB * d->LaP, 0, sizeof(T) * SB * d->LaP); /* tiles of 8 rows read them */ \
             continue;                                                                              \
         }                                                                                          \

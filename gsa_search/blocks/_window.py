@@ -583,8 +583,9 @@ def _check_attention(q: torch.Tensor, v: torch.Tensor, rel: torch.Tensor, ry: in
 
 
 def fused_usable(*tensors: torch.Tensor) -> bool:
-    """Whether :func:`window_attention` can run on these tensors (CPU float32/float64, kernel built)."""
-    return _use_native(*tensors)
+    """Whether :func:`window_attention` can run on these tensors (CPU, one dtype, float32 or
+    float64, kernel built)."""
+    return len({t.dtype for t in tensors}) == 1 and _use_native(*tensors)
 
 
 def _call(name: str, q: torch.Tensor, v: torch.Tensor, units: int, *args, slots: bool = False) -> None:
@@ -610,7 +611,7 @@ def _window_attention_op(q: torch.Tensor, v: torch.Tensor, rel: torch.Tensor, ry
     _check_attention(q, v, rel, ry, rx)
     q, v = _unit_last(q), _unit_last(v)
     b, h, w, n, d = v.shape
-    out = torch.empty(b, h, w, n, d, dtype=v.dtype)
+    out = torch.empty(b, h, w, n, d, dtype=v.dtype, device=v.device)
     if out.numel():
         table_t = _transposed_table(rel)
         _call("wattn_fwd", q, v, b * n, q.data_ptr(), _strides4(q), v.data_ptr(), _strides4(v),
@@ -631,7 +632,8 @@ def _window_attention_backward_op(
     q, v, grad = _unit_last(q), _unit_last(v), grad.contiguous()
     b, h, w, n, d = v.shape
     d_k = q.shape[-1]
-    dq, dv = torch.empty(b, h, w, n, d_k, dtype=q.dtype), torch.empty(b, h, w, n, d, dtype=v.dtype)
+    dq = torch.empty(b, h, w, n, d_k, dtype=q.dtype, device=q.device)
+    dv = torch.empty(b, h, w, n, d, dtype=v.dtype, device=v.device)
     if not dq.numel() or not dv.numel():
         return dq.zero_(), dv.zero_(), torch.zeros_like(rel)
     table, table_t = rel.contiguous(), _transposed_table(rel)  # both alive until the kernel returns
@@ -685,7 +687,8 @@ _register_attention_flop_formulas()
 def window_attention(q: torch.Tensor, v: torch.Tensor, rel: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
     """``out[b, i, j, n] = sum_k (q[b, i, j, n] . rel[n, k]) v[b, i + dy_k - ry, j + dx_k - rx, n]``,
     i.e. ``window_sum`` of the logits ``q . rel`` without storing them: the fused kernel forms each
-    query's ``(2ry+1)(2rx+1)`` logits in a register-sized buffer, forward and backward.
+    query's ``(2ry+1)(2rx+1)`` logits in a small per-thread buffer (backward: those of one image
+    and head), forward and backward.
 
     ``q``: ``(B, H, W, N, d_k)``, ``v``: ``(B, H, W, N, d_v)`` (strided views are fine),
     ``rel``: ``(N, (2ry+1)(2rx+1), d_k)``, offsets row-major; keys outside the map are zero.

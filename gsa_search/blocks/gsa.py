@@ -357,8 +357,8 @@ WINDOW_COST = 2.0
 
 def window_path(height: int, width: int, ry: int, rx: int) -> bool:
     """Whether :class:`Positional2DAttention` computes a ``(2ry+1) x (2rx+1)`` window on a ``height x
-    width`` map key by key (:func:`~gsa_search.blocks._window.window_sum`, ``(2ry+1)(2rx+1)`` keys per
-    query) rather than as banded rows (``(2ry+1) * width`` keys per query, ``ry`` padding rows per
+    width`` map key by key (:func:`~gsa_search.blocks._window.window_attention` on CPU, else a logits
+    matmul and :func:`~gsa_search.blocks._window.window_sum`; ``(2ry+1)(2rx+1)`` keys per query) rather than as banded rows (``(2ry+1) * width`` keys per query, ``ry`` padding rows per
     image): when the rows would cost more than ``WINDOW_COST`` times the window's multiply-adds."""
     return WINDOW_COST * (2 * rx + 1) * height < width * (height + ry)
 
