@@ -20,14 +20,15 @@ backward ``gsa_search::window_attention_backward``) forms each query's ``(2ry+1)
 ``q . rel`` inside the kernel, forward and backward. Stored, they are ``(2ry+1)(2rx+1) / d_k`` times
 the queries' size (51 MB per call for a 7x7 window on 32x32 maps, batch 64, 4 heads of 4 channels),
 written and read again in both passes, in buffers too large for the allocator to reuse. The
-backward works on one (image, head) at a time: the logits of all its queries in a thread-local
-buffer (formed once), then per query the logits' gradient ``g . v``, the queries' and the offsets'
-gradients, then per key the values' gradient as a gather over the queries that see it (no write
-conflicts; each thread sums its offsets' gradient privately). Channel loops are compiled for
-``d_k == d_v`` in 4, 8, 16, 32, 64 and generic otherwise. Measured on the proxies' shapes (batch
-64, 4 heads, 7x7 window, 2 threads), forward + backward of the 2D attention: 83 -> 49 ms at 32x32
-with 4 channels per head, 97 -> 57-68 ms with 8; at 16x16 with 16 channels about 16 -> 18.5 ms
-(the stored logits are small there).
+backward works on one (image, head) at a time, which alone writes its rows of the queries' and
+values' gradients: per query it forms the logits again, the logits' gradient ``g . v`` for 8
+column offsets at once (from a transposed copy of the unit's values), the query's and the offsets'
+gradients (each thread sums its offsets' gradient privately), and adds ``logit * g`` into the
+unit's own values' gradient, copied out at the end (no write conflicts, nothing of size ``H*W*K``
+kept). Channel loops are compiled for ``d_k == d_v`` in 4, 8, 16, 32, 64 and generic otherwise.
+Measured on the proxies' shapes (batch 64, 4 heads, 7x7 window, 2 threads), forward + backward of
+the 2D attention: 83 -> 39 ms at 32x32 with 4 channels per head, 97 -> 48 ms with 8, and about
+16 -> 15 ms at 16x16 with 16 channels (the stored logits are small there).
 """
 
 from __future__ import annotations
@@ -211,57 +212,68 @@ int wattn_fwd_##S##_##DD(const T *q, const int64_t *qs, const T *v, const int64_
     }                                                                                              \
     return failed;                                                                                 \
 }                                                                                                  \
-/* Backward of one unit: (1) the logits of all its queries into L (H*W*KKP, thread-local, formed    \
-   once: step 3 reads each 2ry+1 times); (2) per query dl[k] = g . v[key k], dq = dl R,             \
-   dR += dl q; (3) per key dv = sum over the queries that see it of their logit times their g      \
-   (a gather: no write conflicts between threads). */                                              \
+/* Backward of one unit (one image and head, which alone writes its rows of dq and dv), per query:
+   its logits again (d_k multiply-adds each), the logits' gradient dl = g . v for 8 offsets dx at
+   once from a transposed copy of the unit's values, dq = dl R and dR += dl q (a per-thread partial),
+   and dv[key] += logit * g into the unit's own dv buffer (no write conflicts), copied out at the
+   end. Nothing of size H*W*K is kept. */                                                          \
 int wattn_bwd_##S##_##DD(const T *q, const int64_t *qs, const T *v, const int64_t *vs, const T *R,        \
                   const T *RT, const T *g, T *dq, T *dv, T *dR, int64_t B, int64_t H, int64_t W,    \
                   int64_t N, int64_t DK0, int64_t D0, int64_t ry, int64_t rx, int64_t nt,          \
                   int64_t u0, int64_t u1, int64_t slot0) {                                         \
     const int64_t DK = DD ? DD : DK0, D = DD ? DD : D0;                                            \
     const int64_t KX = 2 * rx + 1, KK = (2 * ry + 1) * KX, KKP = (KK + 7) & ~(int64_t)7;          \
+    const int64_t WP = W + 2 * rx + 8; /* a row of values, transposed, zero-padded both sides */   \
     int failed = 0;                                                                                \
     (void)B;                                                                                       \
     _Pragma("omp parallel num_threads(nt)")                                                        \
     {                                                                                              \
-        T *L = (T *)malloc(sizeof(T) * (H * W * KKP + KKP + D));                                   \
-        if (!L) failed = 1;                                                                        \
-        T *dl = L ? L + H * W * KKP : NULL, *acc = L ? dl + KKP : NULL;                            \
+        T *l = (T *)malloc(sizeof(T) * (2 * KKP + H * D * WP + H * W * D));                        \
+        if (!l) failed = 1;                                                                        \
+        T *dl = l ? l + KKP : NULL, *VT = l ? dl + KKP : NULL, *DV = l ? VT + H * D * WP : NULL;   \
         T *dRp = dR + (slot0 + THREAD_ID()) * N * KK * DK;                                         \
         _Pragma("omp for schedule(static)")                                                        \
         for (int64_t u = u0; u < u1; ++u) {                                                        \
-            if (!L) continue;                                                                      \
+            if (!l) continue;                                                                      \
             const int64_t b = u / N, n = u % N;                                                    \
             const T *RTn = RT + n * DK * KKP, *Rn = R + n * KK * DK;                               \
             T *dRn = dRp + n * KK * DK;                                                            \
-            for (int64_t i = 0; i < H; ++i)                                                        \
-                for (int64_t j = 0; j < W; ++j)                                                    \
-                    wlogits_##S##_##DD(q + b * qs[0] + i * qs[1] + j * qs[2] + n * qs[3], RTn,            \
-                                L + (i * W + j) * KKP, DK, KKP);                                   \
+            /* VT[y][e][rx + x] = v[b, y, x, n, e] */                                              \
+            memset(VT, 0, sizeof(T) * H * D * WP);                                                 \
+            memset(DV, 0, sizeof(T) * H * W * D);                                                  \
+            for (int64_t y = 0; y < H; ++y)                                                        \
+                for (int64_t x = 0; x < W; ++x) {                                                  \
+                    const T *restrict vp = v + b * vs[0] + y * vs[1] + x * vs[2] + n * vs[3];      \
+                    for (int64_t e = 0; e < D; ++e) VT[(y * D + e) * WP + rx + x] = vp[e];         \
+                }                                                                                  \
             for (int64_t i = 0; i < H; ++i) {                                                      \
                 const int64_t y0 = MAX(0, ry - i), y1 = MIN(2 * ry + 1, H + ry - i);               \
                 for (int64_t j = 0; j < W; ++j) {                                                  \
                     const int64_t x0 = MAX(0, rx - j), x1 = MIN(KX, W + rx - j);                   \
+                    const T *restrict qp = q + b * qs[0] + i * qs[1] + j * qs[2] + n * qs[3];      \
                     const T *restrict gp = g + (((b * H + i) * W + j) * N + n) * D;                \
-                    for (int64_t k = 0; k < KK; ++k) dl[k] = 0;                                    \
-                    for (int64_t dy = y0; dy < y1; ++dy) {                                         \
-                        const T *restrict vrow = v + b * vs[0] + (i + dy - ry) * vs[1] + n * vs[3]; \
-                        for (int64_t dx = x0; dx < x1; ++dx) {                                     \
-                            const T *restrict vp = vrow + (j + dx - rx) * vs[2];                   \
-                            T s_ = 0;                                                              \
-                            _Pragma("omp simd reduction(+ : s_)")                                  \
-                            for (int64_t e = 0; e < D; ++e) s_ += gp[e] * vp[e];                   \
-                            dl[dy * KX + dx] = s_;                                                 \
+                    wlogits_##S##_##DD(qp, RTn, l, DK, KKP);                                       \
+                    for (int64_t dy = y0; dy < y1; ++dy) { /* dl = g . v, 8 offsets dx at once */ \
+                        const T *restrict vt = VT + (i + dy - ry) * D * WP + j;                    \
+                        for (int64_t dx0 = 0; dx0 < KX; dx0 += 8) {                                \
+                            T acc8[8] = {0};                                                       \
+                            for (int64_t e = 0; e < D; ++e) {                                      \
+                                const T ge = gp[e];                                                \
+                                const T *restrict r = vt + e * WP + dx0;                           \
+                                _Pragma("omp simd")                                                \
+                                for (int t = 0; t < 8; ++t) acc8[t] += ge * r[t];                  \
+                            }                                                                      \
+                            const int64_t nd = MIN(8, KX - dx0);                                   \
+                            for (int64_t t = 0; t < nd; ++t) dl[dy * KX + dx0 + t] = acc8[t];      \
                         }                                                                          \
                     }                                                                              \
-                    const T *restrict qp = q + b * qs[0] + i * qs[1] + j * qs[2] + n * qs[3];      \
                     T *restrict dqp = dq + (((b * H + i) * W + j) * N + n) * DK;                   \
                     for (int64_t c = 0; c < DK; ++c) dqp[c] = 0;                                   \
-                    for (int64_t dy = y0; dy < y1; ++dy)                                           \
+                    for (int64_t dy = y0; dy < y1; ++dy) {                                         \
+                        T *restrict dvrow = DV + (i + dy - ry) * W * D;                            \
                         for (int64_t dx = x0; dx < x1; ++dx) {                                     \
                             const int64_t k = dy * KX + dx;                                        \
-                            const T d_ = dl[k];                                                    \
+                            const T d_ = dl[k], w_ = l[k];                                         \
                             const T *restrict rk = Rn + k * DK;                                    \
                             T *restrict drk = dRn + k * DK;                                        \
                             _Pragma("omp simd")                                                    \
@@ -269,30 +281,21 @@ int wattn_bwd_##S##_##DD(const T *q, const int64_t *qs, const T *v, const int64_
                                 dqp[c] += d_ * rk[c];                                              \
                                 drk[c] += d_ * qp[c];                                              \
                             }                                                                      \
-                        }                                                                          \
-                }                                                                                  \
-            }                                                                                      \
-            for (int64_t i = 0; i < H; ++i) {                                                      \
-                const int64_t z0 = MAX(0, i + ry - (H - 1)), z1 = MIN(2 * ry + 1, i + ry + 1);     \
-                for (int64_t j = 0; j < W; ++j) {                                                  \
-                    const int64_t w0 = MAX(0, j + rx - (W - 1)), w1 = MIN(KX, j + rx + 1);         \
-                    for (int64_t e = 0; e < D; ++e) acc[e] = 0;                                    \
-                    for (int64_t dy = z0; dy < z1; ++dy) {                                         \
-                        const int64_t qi = i - dy + ry; /* the query row whose key row is i */     \
-                        for (int64_t dx = w0; dx < w1; ++dx) {                                     \
-                            const int64_t qj = j - dx + rx;                                        \
-                            const T w = L[(qi * W + qj) * KKP + dy * KX + dx];                     \
-                            const T *restrict gq = g + (((b * H + qi) * W + qj) * N + n) * D;      \
+                            T *restrict dvp = dvrow + (j + dx - rx) * D;                           \
                             _Pragma("omp simd")                                                    \
-                            for (int64_t e = 0; e < D; ++e) acc[e] += w * gq[e];                   \
+                            for (int64_t e = 0; e < D; ++e) dvp[e] += w_ * gp[e];                  \
                         }                                                                          \
                     }                                                                              \
-                    T *restrict dvp = dv + (((b * H + i) * W + j) * N + n) * D;                    \
-                    for (int64_t e = 0; e < D; ++e) dvp[e] = acc[e];                               \
-                }                                                                              \
+                }                                                                                  \
             }                                                                                      \
+            for (int64_t y = 0; y < H; ++y) /* the unit's dv rows out */                           \
+                for (int64_t x = 0; x < W; ++x) {                                                  \
+                    T *restrict o = dv + (((b * H + y) * W + x) * N + n) * D;                      \
+                    const T *restrict src = DV + (y * W + x) * D;                                  \
+                    for (int64_t e = 0; e < D; ++e) o[e] = src[e];                                 \
+                }                                                                                  \
         }                                                                                          \
-        free(L);                                                                                   \
+        free(l);                                                                                   \
     }                                                                                              \
     return failed;                                                                                 \
 }
@@ -687,8 +690,7 @@ _register_attention_flop_formulas()
 def window_attention(q: torch.Tensor, v: torch.Tensor, rel: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
     """``out[b, i, j, n] = sum_k (q[b, i, j, n] . rel[n, k]) v[b, i + dy_k - ry, j + dx_k - rx, n]``,
     i.e. ``window_sum`` of the logits ``q . rel`` without storing them: the fused kernel forms each
-    query's ``(2ry+1)(2rx+1)`` logits in a small per-thread buffer (backward: those of one image
-    and head), forward and backward.
+    query's ``(2ry+1)(2rx+1)`` logits in a small per-thread buffer, forward and backward.
 
     ``q``: ``(B, H, W, N, d_k)``, ``v``: ``(B, H, W, N, d_v)`` (strided views are fine),
     ``rel``: ``(N, (2ry+1)(2rx+1), d_k)``, offsets row-major; keys outside the map are zero.
