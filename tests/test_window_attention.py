@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from gsa_search.blocks import create_block, block_config
 from gsa_search.blocks._window import fused_usable, window_attention, window_sum
 from gsa_search.measure import count_flops
+from test_window import naive_window_sum
 
 
 @pytest.fixture(autouse=True)
@@ -23,21 +24,10 @@ def _kernel(native_kernel):
 
 
 def naive_attention(q, v, rel, ry, rx):
-    """``out[b,i,j,n] = sum_{dy,dx in the map} (q[b,i,j,n] . rel[n, dy*(2rx+1)+dx]) v[b,i+dy-ry,j+dx-rx,n]``."""
-    q, v, rel = q.double(), v.double(), rel.double()
-    bs, h, w, heads, _ = q.shape
-    out = torch.zeros(v.shape, dtype=torch.float64)
-    for b in range(bs):
-        for n in range(heads):
-            for i in range(h):
-                for j in range(w):
-                    for dy in range(2 * ry + 1):
-                        for dx in range(2 * rx + 1):
-                            ii, jj = i + dy - ry, j + dx - rx
-                            if 0 <= ii < h and 0 <= jj < w:
-                                logit = q[b, i, j, n] @ rel[n, dy * (2 * rx + 1) + dx]
-                                out[b, i, j, n] += logit * v[b, ii, jj, n]
-    return out
+    """``out[b,i,j,n] = sum_{dy,dx in the map} (q[b,i,j,n] . rel[n, dy*(2rx+1)+dx]) v[b,i+dy-ry,j+dx-rx,n]``:
+    the logits by einsum, then the plain loop over pixels and offsets of ``test_window``."""
+    logits = torch.einsum("bhwnc,nkc->nbhwk", q.double(), rel.double())
+    return naive_window_sum(logits, v.double(), ry, rx)
 
 
 def _inputs(b, h, w, n, d_k, d_v, ry, rx, *, dtype=torch.float32, strided=False, seed=0):

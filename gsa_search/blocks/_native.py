@@ -205,13 +205,15 @@ class NativeKernel:
         """How many threads :meth:`run` uses for ``rows`` rows."""
         return max(1, min(torch.get_num_threads(), rows))
 
-    def run(self, fn: Callable[..., Any], rows: int, *args: Any, slots: bool = False) -> None:
-        """``fn(*args, threads, lo, hi)`` over rows ``[0, rows)``: one call on ``self.threads(rows)``
-        OpenMP threads, or (builds without OpenMP) one single-threaded call per Python thread. With
-        ``slots`` a last argument ``slot0`` follows: a thread's private slot is ``slot0`` plus its
-        OpenMP thread number, so slots ``0 .. threads-1`` are each used by one thread only."""
+    def run(self, fn: Callable[..., Any], rows: int, *args: Any, slots: bool = False,
+            threads: int | None = None) -> None:
+        """``fn(*args, threads, lo, hi)`` over rows ``[0, rows)``: one call on ``threads`` (default
+        ``self.threads(rows)``) OpenMP threads, or (builds without OpenMP) one single-threaded call per
+        Python thread. With ``slots`` a last argument ``slot0`` follows: a thread's private slot is
+        ``slot0`` plus its OpenMP thread number, so slots ``0 .. threads-1`` are each used by one
+        thread only (pass the ``threads`` the slots were allocated for)."""
         global _pool
-        threads = self.threads(rows)
+        threads = threads or self.threads(rows)
         extra = (0,) if slots else ()
         if threads == 1 or self.openmp:
             fn(*args, threads, 0, rows, *extra)
@@ -227,3 +229,17 @@ class NativeKernel:
         fn(*args, 1, bounds[0], bounds[1], *extra)  # the calling thread takes the first share
         for job in jobs:
             job.result()
+
+    def call(self, name: str, rows: int, *args: Any, slots: bool = False, threads: int | None = None) -> None:
+        """:meth:`run` the library function ``name``, which returns nonzero when it could not
+        allocate its buffers: a ``MemoryError`` here."""
+        fn = getattr(self.lib, name)
+        failed = []
+
+        def checked(*call_args: Any) -> None:
+            if fn(*call_args):
+                failed.append(True)
+
+        self.run(checked, rows, *args, slots=slots, threads=threads)
+        if failed:
+            raise MemoryError(f"{name}: the compiled {self.label} kernel could not allocate its buffers")

@@ -555,19 +555,12 @@ def relative_axis_native(
     return out
 
 
-def _run(direction: str, dtype: torch.dtype, units: int, *args: Any, slots: bool = False) -> None:
-    """The kernel ``relative_<direction>_<dtype>`` over ``units`` work units (see ``NativeKernel.run``);
-    a nonzero return of any call (its tile buffers could not be allocated) is a ``MemoryError``."""
-    fn = getattr(_loaded(), f"relative_{direction}_{'f64' if dtype == torch.float64 else 'f32'}")
-    failed = []
-
-    def call(*call_args: Any) -> None:
-        if fn(*call_args):
-            failed.append(True)
-
-    KERNEL.run(call, units, *args, slots=slots)
-    if failed:
-        raise MemoryError("relative_axis: the kernel could not allocate its tile buffers")
+def _run(direction: str, dtype: torch.dtype, units: int, *args: Any, slots: bool = False,
+         threads: int | None = None) -> None:
+    """The kernel ``relative_<direction>_<dtype>`` over ``units`` work units (``NativeKernel.call``)."""
+    _loaded()
+    KERNEL.call(f"relative_{direction}_{'f64' if dtype == torch.float64 else 'f32'}", units, *args,
+                slots=slots, threads=threads)
 
 
 def empty_in_memory_order(t: torch.Tensor) -> torch.Tensor:
@@ -593,7 +586,8 @@ def relative_axis_native_backward(
     s_lo = dims[9]
     _run("bwd", qt.dtype, units, qt.data_ptr(), _strides(qt, 1, s_lo), v.data_ptr(), _strides(v, -2, s_lo),
          table.data_ptr(), table_t.data_ptr(), g.data_ptr(), _strides(g, -2, s_lo), d_qt.data_ptr(),
-         _strides(d_qt, 1, s_lo), d_v.data_ptr(), _strides(d_v, -2, s_lo), partial.data_ptr(), dims, slots=True)
+         _strides(d_qt, 1, s_lo), d_v.data_ptr(), _strides(d_v, -2, s_lo), partial.data_ptr(), dims, slots=True,
+         threads=slots)
     d_emb = partial[0] if slots == 1 else partial.sum(0)
     if d_emb.shape != emb.shape:
         d_emb = d_emb[:, :, : emb.shape[2], : emb.shape[3]].contiguous()

@@ -355,13 +355,20 @@ def _variant(v: torch.Tensor) -> str:
     return f"f32_{v.shape[-1]}" if f"f32_{v.shape[-1]}" in _VARIANTS else "f32_0"
 
 
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _strides4(t: torch.Tensor):
+    return (ctypes.c_int64 * 4)(*t.stride()[:4])
+
+
 def _native_forward(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
     b, h, w, n, d = v.shape
     out = torch.empty(b, h, w, n, d, dtype=v.dtype)
     if out.numel():
-        strides = (ctypes.c_int64 * 4)(*v.stride()[:4])
         fn = getattr(KERNEL.lib, f"window_fwd_{_variant(v)}")
-        KERNEL.run(fn, b * h, a.data_ptr(), v.data_ptr(), out.data_ptr(), b, h, w, n, d, ry, rx, strides)
+        KERNEL.run(fn, b * h, a.data_ptr(), v.data_ptr(), out.data_ptr(), b, h, w, n, d, ry, rx, _strides4(v))
     return out
 
 
@@ -372,9 +379,8 @@ def _native_backward(
     ga, gv = torch.empty_like(a), torch.empty(b, h, w, n, d, dtype=v.dtype)
     if not gv.numel():
         return ga.zero_(), gv
-    strides = (ctypes.c_int64 * 4)(*v.stride()[:4])
     fn = getattr(KERNEL.lib, f"window_bwd_{_variant(v)}")
-    args = (a.data_ptr(), v.data_ptr(), g.data_ptr(), ga.data_ptr(), gv.data_ptr(), b, h, w, n, d, ry, rx, strides)
+    args = (a.data_ptr(), v.data_ptr(), g.data_ptr(), ga.data_ptr(), gv.data_ptr(), b, h, w, n, d, ry, rx, _strides4(v))
     KERNEL.run(fn, b * h, *args)
     return ga, gv
 
@@ -451,9 +457,7 @@ def _check(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int, grad: torch.Tenso
 @torch.library.custom_op("gsa_search::window_sum", mutates_args=())
 def _window_sum_op(a: torch.Tensor, v: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
     _check(a, v, ry, rx)
-    a = a.contiguous()
-    if v.stride(-1) != 1:
-        v = v.contiguous()
+    a, v = a.contiguous(), _unit_last(v)
     return (_native_forward if _use_native(a, v) else _torch_forward)(a, v, ry, rx)
 
 
@@ -468,9 +472,7 @@ def _window_sum_backward_op(
     a: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, ry: int, rx: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _check(a, v, ry, rx, grad)
-    a, grad = a.contiguous(), grad.contiguous()
-    if v.stride(-1) != 1:
-        v = v.contiguous()
+    a, grad, v = a.contiguous(), grad.contiguous(), _unit_last(v)
     return (_native_backward if _use_native(a, v, grad) else _torch_backward)(a, v, grad, ry, rx)
 
 
@@ -543,14 +545,6 @@ def _padded_keys(kk: int) -> int:
     return -(-kk // 8) * 8
 
 
-def _unit_last(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def _strides4(t: torch.Tensor):
-    return (ctypes.c_int64 * 4)(*t.stride()[:4])
-
-
 def _transposed_table(rel: torch.Tensor) -> torch.Tensor:
     """``(N, K, d_k)`` -> ``(N, d_k, K rounded up to 8)``, zero-padded: the kernel's logits run over
     whole vectors of offsets."""
@@ -578,7 +572,7 @@ def _check_attention(q: torch.Tensor, v: torch.Tensor, rel: torch.Tensor, ry: in
     if grad is not None and grad.shape != v.shape:
         raise ValueError(f"window_attention: gradient {tuple(grad.shape)} does not match values {tuple(v.shape)}")
     tensors = [t for t in (q, v, rel, grad) if t is not None]
-    if len({t.dtype for t in tensors}) != 1 or not fused_usable(*tensors):
+    if not fused_usable(*tensors):
         raise ValueError(
             "window_attention: CPU float32 or float64 tensors of one dtype and the compiled kernel are "
             "needed (window_sum runs everywhere else)"
@@ -591,22 +585,14 @@ def fused_usable(*tensors: torch.Tensor) -> bool:
     return len({t.dtype for t in tensors}) == 1 and _use_native(*tensors)
 
 
-def _call(name: str, q: torch.Tensor, v: torch.Tensor, units: int, *args, slots: bool = False) -> None:
+def _call(name: str, q: torch.Tensor, v: torch.Tensor, units: int, *args, slots: bool = False,
+          threads: int | None = None) -> None:
     """The fused kernel ``name`` for ``q``/``v``'s dtype, specialised to their channel count when
     ``d_k == d_v`` is one of the compiled widths (the loops over channels then unroll)."""
     variant = "f64_0" if v.dtype == torch.float64 else f"f32_{v.shape[-1]}"
     if q.shape[-1] != v.shape[-1] or variant not in _VARIANTS:
         variant = "f64_0" if v.dtype == torch.float64 else "f32_0"
-    fn = getattr(KERNEL.lib, f"{name}_{variant}")
-    failed = []
-
-    def call(*call_args) -> None:
-        if fn(*call_args):
-            failed.append(True)
-
-    KERNEL.run(call, units, *args, slots=slots)
-    if failed:
-        raise MemoryError("window_attention: the kernel could not allocate its buffers")
+    KERNEL.call(f"{name}_{variant}", units, *args, slots=slots, threads=threads)
 
 
 @torch.library.custom_op("gsa_search::window_attention", mutates_args=())
@@ -644,7 +630,7 @@ def _window_attention_backward_op(
     partial = rel.new_zeros(slots, *rel.shape)
     _call("wattn_bwd", q, v, b * n, q.data_ptr(), _strides4(q), v.data_ptr(), _strides4(v), table.data_ptr(),
           table_t.data_ptr(), grad.data_ptr(), dq.data_ptr(), dv.data_ptr(), partial.data_ptr(),
-          b, h, w, n, d_k, d, ry, rx, slots=True)
+          b, h, w, n, d_k, d, ry, rx, slots=True, threads=slots)
     return dq, dv, partial[0] if slots == 1 else partial.sum(0)
 
 
