@@ -7,8 +7,9 @@ multiply-add = one FLOP (ResNet-50 at 224x224 = about 4.1 G). ``torch.utils.flop
 * :func:`count_flops` traces the model with fvcore's ``FlopCountAnalysis`` and counts only the
   operators that do multiply-accumulates: convolutions, linear/addmm, ``matmul``/``mm``/``bmm``
   (with broadcast batch dims, which fvcore's own matmul handle gets wrong), ``einsum`` (exact, for
-  any number of operands), ``scaled_dot_product_attention`` and the relative-attention kernel of
-  the GSA positional paths (a custom autograd function, opaque to the tracer). Everything else
+  any number of operands), ``scaled_dot_product_attention`` and the compiled GSA kernels (custom
+  operators, opaque to the tracer: relative attention, window sum and window attention, content
+  attention, whose inner softmax is listed as uncounted like the unfused path's). Everything else
   that runs (batch norm, which folds into the preceding conv at inference, softmax, element-wise
   ops, pooling, gather/index, ...) is **not counted** and is listed with its number of calls in
   ``FlopCount.uncounted``; only pure shape and memory operators (view, reshape, permute, cat, to,
@@ -204,6 +205,19 @@ def _window_attention_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str
     return Counter({"matmul": pairs * q[4], "window_sum": pairs * v[4]})
 
 
+def _content_attention_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
+    """``blocks._content.content_attention(q, k, v)``, the fused content path: ``K^T V`` and
+    ``G^T Q``, ``2*B*L*N*d_k*d_v`` with ``q (B, L, N, d_k)``, ``v (B, L, N, d_v)`` (booked as the
+    ``bmm`` the unfused path runs, so the breakdown does not depend on which ran)."""
+    q, v = _shape(inputs[0]), _shape(inputs[2])
+    return Counter({"bmm": 2 * math.prod(q) * v[-1]})
+
+
+# Fused operators that run uncounted work inside: listed in ``uncounted`` as the unfused path's own
+# operators would be, so the convention names the same operators whichever path ran.
+_FUSED_UNCOUNTED = {"gsa_search::content_attention": ("aten::softmax",)}
+
+
 def _projection_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
     """``blocks.gsa.PointwiseProjection``: a 1x1 convolution, ``B*H*W*C_in*C_out``."""
     x, weight = _shape(inputs[0]), _shape(inputs[1])
@@ -228,6 +242,7 @@ def _fvcore_handles() -> dict[str, Callable[[list[Any], list[Any]], Any]]:
         "prim::PythonOp._Projection": _projection_macs,
         "gsa_search::window_sum": _window_sum_macs,
         "gsa_search::window_attention": _window_attention_macs,
+        "gsa_search::content_attention": _content_attention_macs,
     }
 
 
@@ -310,9 +325,19 @@ def count_flops(
 
         return handle
 
+    def fused(op: str, handle: Callable[[list[Any], list[Any]], Any]) -> Callable[[list[Any], list[Any]], Any]:
+        def count(inputs: list[Any], outputs: list[Any]) -> Any:
+            for inner in _FUSED_UNCOUNTED[op]:
+                listed[inner] += 1
+            return handle(inputs, outputs)
+
+        return count
+
+    handles = _fvcore_handles()
+    handles.update({op: fused(op, handles[op]) for op in _FUSED_UNCOUNTED})
     analysis = FlopCountAnalysis(counted, (x,))
     analysis.clear_op_handles()  # drops fvcore's batch-norm, norm, pooling and upsampling counts
-    analysis.set_op_handle(**_fvcore_handles(), **{op: listing(op) for op in _LISTED_IGNORED_OPS})
+    analysis.set_op_handle(**handles, **{op: listing(op) for op in _LISTED_IGNORED_OPS})
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     with _quiet(), torch.no_grad():
         total = int(analysis.total())

@@ -25,7 +25,8 @@ backbone builder fills it in per stage.
 Implementation: the projection returns q, k, v channels last (one batched matmul, no copy of the
 input), which both positional steps and the content path read in place through strided views; the
 relative-attention kernel (``_relative.py``) writes the row step's result in NCHW order, so the
-block needs no transpose at its output. Local 2D windows are computed key by key (on CPU by the
+block needs no transpose at its output. On CPU the content path is one compiled kernel
+(``_content.py``: softmax, ``K^T V`` and ``G^T Q`` for all heads of an image). Local 2D windows are computed key by key (on CPU by the
 fused window-attention kernel of ``_window.py``, which never stores the logits; elsewhere a logits
 matmul and the window sum); windows about as wide as the map reuse the banded row kernel
 (:func:`window_path` decides).
@@ -42,6 +43,7 @@ import torch
 from torch import nn
 
 from ..config import check_bool, check_choice, check_positive_int, normalize_numbers
+from ._content import content_attention, content_usable
 from ._relative import relative_axis_attention
 from ._window import fused_usable, window_attention, window_sum
 from .base import BlockConfig, SpatialMixer, downsample_pool, head_dims, register_block
@@ -258,7 +260,9 @@ class ContentAttention(nn.Module):
     """``F_c = (softmax_HW(K) @ V^T)^T @ Q`` per head, without scaling.
 
     ``q, k: (B, L, N, d_k)``, ``v: (B, L, N, d_v)`` channels last with ``L = H*W`` (strided views
-    are fine); returns ``(B, N, d_v, L)``, i.e. NCHW.
+    are fine); returns ``(B, N, d_v, L)``, i.e. NCHW. On CPU (float32/float64, without
+    ``query_norm``) one compiled kernel computes all heads of an image in place
+    (:func:`~gsa_search.blocks._content.content_attention`); elsewhere per-head batched matmuls.
     """
 
     def __init__(self, *, query_norm: bool = False) -> None:
@@ -266,6 +270,8 @@ class ContentAttention(nn.Module):
         self.query_norm = query_norm
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if not self.query_norm and content_usable(q, k, v):  # CPU: one compiled kernel, all heads
+            return content_attention(q, k, v)
         k = k.softmax(dim=1)  # over the L positions, per key channel
         if self.query_norm:
             q = q.softmax(dim=-1)  # over the d_k channels of each head

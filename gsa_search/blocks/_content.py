@@ -1,0 +1,409 @@
+"""Fused content attention, the linear-cost path of the GSA module, as one compiled kernel.
+
+``out[b, n, :, l] = G[b, n]^T q[b, l, n]`` with ``G[b, n] = sum_l softmax_l(k[b, :, n])[l]^T v[b, l, n]``
+(``d_k x d_v`` per image and head; the softmax runs over the ``L = H*W`` positions of every key
+channel; no scaling). The same maths as :class:`~gsa_search.blocks.gsa.ContentAttention`, whose
+PyTorch path runs it as per-head batched matmuls on ``(d x L)`` slices: on CPU those measured
+about 29 ms forward + backward for 32x32 maps with 4 heads of 8 channels at batch 64, most of it
+in the per-head ``unbind``/``stack`` copies, the strided softmax and calls of a few microseconds'
+work each.
+
+One custom operator, ``gsa_search::content_attention`` (backward
+``gsa_search::content_attention_backward``), so FLOP counters see one opaque op. The C kernel
+(built, cached and run by :mod:`~gsa_search.blocks._native`) takes one image per unit, all heads
+at once, reading q, k, v in place from the projection's channels-last output:
+
+* forward: the keys' maxima, then one pass that forms ``exp(k - max)`` (a vectorisable polynomial
+  in float32, ``exp`` in float64), the sums and ``G``; then ``G^T q`` for 16 positions at a time,
+  written NCHW. Saved for backward: ``G``, the maxima and the sums' reciprocals (``N d_k (d_v + 2)``
+  numbers per image).
+* backward: ``dG = sum_l q g^T`` and ``dq = G g`` (16 positions at a time); then per position the
+  keys' softmax again, ``dv = ks dG`` and ``d ks = dG v``, whose softmax backward needs one more
+  pass for the per-channel sum ``sum_l ks * d ks``.
+
+``GSA_SEARCH_NATIVE=0``, CUDA, half precision and ``query_norm=True`` keep the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import torch
+
+from ._native import NativeKernel
+
+__all__ = ["content_attention", "content_usable"]
+
+_SOURCE = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+int content_openmp(void) { return 1; }
+#else
+int content_openmp(void) { return 0; }
+#endif
+
+#define MIN(x, y) ((x) < (y) ? (x) : (y))
+
+/* exp(x) for x <= 0 (softmax inputs after subtracting the maximum), float32: 2^n p(r) with n the
+   nearest integer to x / ln2 (rounded by adding 1.5 * 2^23), r = x - n ln2, |r| <= ln2 / 2, Cephes'
+   expf polynomial; relative error below 1e-7. Branch-free, so the loops over channels vectorise
+   (GCC needs -fno-trapping-math for the clamp, which changes no result). */
+#pragma GCC optimize("no-trapping-math", "no-tree-loop-distribute-patterns")
+static inline float exp_f32(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const float t = x * 1.44269504088896341f + 12582912.0f;
+    const float n = t - 12582912.0f;
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits - 0x4B400000 + 127) * (1 << 23); /* 2^n: n sits in t's low mantissa bits */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static inline double exp_f64(double x) { return exp(x); }
+
+/* q: (B, L, N*DK), k: (B, L, N*DK), v: (B, L, N*DV), each with strides (s[0], s[1]) and the
+   channels contiguous; out: (B, N, DV, L) contiguous; stats: per image G (N, DK, DV), then the
+   maxima (N*DK) and the reciprocal sums (N*DK). Units are images b in [u0, u1); each thread keeps
+   one image's queries transposed, (N*DK, LP), so the products over positions run along rows; the
+   row length LP = L + 16 keeps the transposing stores off a single cache set when L is a power of 2. */
+#define CONTENT_KERNELS(T, S, DD)                                                                  \
+int content_fwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int64_t *ks,          \
+                           const T *v, const int64_t *vs, T *out, T *stats, int64_t L, int64_t N,  \
+                           int64_t DK0, int64_t DV0, int64_t nt, int64_t u0, int64_t u1) {         \
+    const int64_t DK = DD ? DD : DK0, DV = DD ? DD : DV0, CK = N * DK, GS = N * DK * DV, LP = L + 16; \
+    int failed = 0;                                                                                \
+    _Pragma("omp parallel num_threads(nt)")                                                        \
+    {                                                                                              \
+        T *buf = (T *)malloc(sizeof(T) * (CK + CK * LP));                                          \
+        if (!buf) failed = 1;                                                                      \
+        _Pragma("omp for schedule(static)")                                                        \
+        for (int64_t b = u0; b < u1; ++b) {                                                        \
+            if (!buf) continue;                                                                    \
+            T *restrict e = buf, *restrict qT = buf + CK;                                          \
+            T *restrict G = stats + b * (GS + 2 * CK), *restrict m = G + GS, *restrict rs = m + CK; \
+            const T *kb = k + b * ks[0], *vb = v + b * vs[0], *qb = q + b * qs[0];                 \
+            for (int64_t c = 0; c < CK; ++c) m[c] = kb[c];                                         \
+            for (int64_t l = 1; l < L; ++l) {                                                      \
+                const T *restrict kr = kb + l * ks[1];                                             \
+                _Pragma("omp simd")                                                                \
+                for (int64_t c = 0; c < CK; ++c) m[c] = kr[c] > m[c] ? kr[c] : m[c];               \
+            }                                                                                      \
+            for (int64_t c = 0; c < GS; ++c) G[c] = 0;                                             \
+            for (int64_t c = 0; c < CK; ++c) rs[c] = 0;                                            \
+            for (int64_t l = 0; l < L; ++l) { /* G[n, i, :] += exp(k[l, n, i] - m) v[l, n, :] */   \
+                const T *restrict kr = kb + l * ks[1], *restrict vr = vb + l * vs[1];              \
+                _Pragma("omp simd")                                                                \
+                for (int64_t c = 0; c < CK; ++c) {                                                 \
+                    e[c] = exp_##S(kr[c] - m[c]);                                                  \
+                    rs[c] += e[c];                                                                 \
+                }                                                                                  \
+                for (int64_t n = 0; n < N; ++n) {                                                  \
+                    const T *restrict vn = vr + n * DV;                                            \
+                    for (int64_t i = 0; i < DK; ++i) {                                             \
+                        const T ei = e[n * DK + i];                                                \
+                        T *restrict g = G + (n * DK + i) * DV;                                     \
+                        _Pragma("omp simd")                                                        \
+                        for (int64_t j = 0; j < DV; ++j) g[j] += ei * vn[j];                       \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+            for (int64_t c = 0; c < CK; ++c) {                                                     \
+                rs[c] = 1 / rs[c];                                                                 \
+                T *restrict g = G + c * DV;                                                        \
+                for (int64_t j = 0; j < DV; ++j) g[j] *= rs[c];                                    \
+            }                                                                                      \
+            for (int64_t l = 0; l < L; ++l) {                                                      \
+                const T *restrict qr = qb + l * qs[1];                                             \
+                for (int64_t c = 0; c < CK; ++c) qT[c * LP + l] = qr[c];                            \
+            }                                                                                      \
+            for (int64_t n = 0; n < N; ++n) /* out[n, j, :] = sum_i G[n, i, j] q[:, n, i] */       \
+                for (int64_t j = 0; j < DV; ++j) {                                                 \
+                    T *restrict o = out + ((b * N + n) * DV + j) * L;                              \
+                    const T *restrict q0 = qT + n * DK * LP;                                        \
+                    const T g0 = G[n * DK * DV + j];                                               \
+                    _Pragma("omp simd")                                                            \
+                    for (int64_t l = 0; l < L; ++l) o[l] = g0 * q0[l];                             \
+                    for (int64_t i = 1; i < DK; ++i) {                                             \
+                        const T gij = G[(n * DK + i) * DV + j];                                    \
+                        const T *restrict qi = q0 + i * LP;                                         \
+                        _Pragma("omp simd")                                                        \
+                        for (int64_t l = 0; l < L; ++l) o[l] += gij * qi[l];                       \
+                    }                                                                              \
+                }                                                                                  \
+        }                                                                                          \
+        free(buf);                                                                                 \
+    }                                                                                              \
+    return failed;                                                                                 \
+}                                                                                                  \
+/* g: (B, N, DV, L) contiguous; dq, dk: (B, L, N*DK), dv: (B, L, N*DV) contiguous. */             \
+int content_bwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int64_t *ks,          \
+                           const T *v, const int64_t *vs, const T *stats, const T *g,             \
+                           T *dq, T *dk, T *dv, int64_t L, int64_t N, int64_t DK0, int64_t DV0,    \
+                           int64_t nt, int64_t u0, int64_t u1) {                                   \
+    const int64_t DK = DD ? DD : DK0, DV = DD ? DD : DV0;                                          \
+    const int64_t CK = N * DK, CV = N * DV, GS = N * DK * DV, LP = L + 16;                         \
+    int failed = 0;                                                                                \
+    _Pragma("omp parallel num_threads(nt)")                                                        \
+    {                                                                                              \
+        T *buf = (T *)malloc(sizeof(T) * (2 * GS + 2 * CK + CK * LP + L));                         \
+        if (!buf) failed = 1;                                                                      \
+        _Pragma("omp for schedule(static)")                                                        \
+        for (int64_t b = u0; b < u1; ++b) {                                                        \
+            if (!buf) continue;                                                                    \
+            T *restrict dG = buf, *restrict dGT = buf + GS, *restrict e = dGT + GS;                \
+            T *restrict sum = e + CK, *restrict qT = sum + CK, *restrict row = qT + CK * LP;        \
+            const T *restrict G = stats + b * (GS + 2 * CK), *restrict m = G + GS, *restrict rs = m + CK; \
+            const T *kb = k + b * ks[0], *vb = v + b * vs[0], *qb = q + b * qs[0];                 \
+            const T *gb = g + b * CV * L;                                                          \
+            T *dqb = dq + b * L * CK, *dkb = dk + b * L * CK, *dvb = dv + b * L * CV;              \
+            for (int64_t l = 0; l < L; ++l) {                                                      \
+                const T *restrict qr = qb + l * qs[1];                                             \
+                for (int64_t c = 0; c < CK; ++c) qT[c * LP + l] = qr[c];                            \
+            }                                                                                      \
+            for (int64_t n = 0; n < N; ++n) /* dG[n,i,j] = q[:,n,i] . g[n,j,:]; dq = G g */        \
+                for (int64_t i = 0; i < DK; ++i) {                                                 \
+                    const T *restrict qi = qT + (n * DK + i) * LP;                                  \
+                    const T *restrict gi = G + (n * DK + i) * DV;                                  \
+                    for (int64_t l = 0; l < L; ++l) row[l] = 0;                                    \
+                    for (int64_t j = 0; j < DV; ++j) {                                             \
+                        const T *restrict gj = gb + (n * DV + j) * L;                              \
+                        const T gij = gi[j];                                                       \
+                        T s = 0;                                                                   \
+                        _Pragma("omp simd reduction(+ : s)")                                       \
+                        for (int64_t l = 0; l < L; ++l) {                                          \
+                            s += qi[l] * gj[l];                                                    \
+                            row[l] += gij * gj[l];                                                 \
+                        }                                                                          \
+                        dG[(n * DK + i) * DV + j] = s;                                             \
+                        dGT[(n * DV + j) * DK + i] = s;                                            \
+                    }                                                                              \
+                    T *restrict o = dqb + n * DK + i;                                              \
+                    for (int64_t l = 0; l < L; ++l) o[l * CK] = row[l];                            \
+                }                                                                                  \
+            for (int64_t c = 0; c < CK; ++c) sum[c] = 0;                                           \
+            for (int64_t l = 0; l < L; ++l) { /* dv = ks dG, d ks = dG v (kept in dk for now) */  \
+                const T *restrict kr = kb + l * ks[1], *restrict vr = vb + l * vs[1];              \
+                T *restrict dkr = dkb + l * CK, *restrict dvr = dvb + l * CV;                      \
+                _Pragma("omp simd")                                                                \
+                for (int64_t c = 0; c < CK; ++c) e[c] = exp_##S(kr[c] - m[c]) * rs[c];             \
+                for (int64_t n = 0; n < N; ++n) {                                                  \
+                    const T *restrict vn = vr + n * DV, *restrict en = e + n * DK;                 \
+                    T *restrict dvn = dvr + n * DV, *restrict dkn = dkr + n * DK;                  \
+                    for (int64_t j = 0; j < DV; ++j) dvn[j] = 0;                                   \
+                    for (int64_t i = 0; i < DK; ++i) dkn[i] = 0;                                   \
+                    for (int64_t i = 0; i < DK; ++i) {                                             \
+                        const T *restrict dgi = dG + (n * DK + i) * DV;                            \
+                        const T ei = en[i];                                                        \
+                        _Pragma("omp simd")                                                        \
+                        for (int64_t j = 0; j < DV; ++j) dvn[j] += ei * dgi[j];                    \
+                    }                                                                              \
+                    for (int64_t j = 0; j < DV; ++j) {                                             \
+                        const T *restrict dgj = dGT + (n * DV + j) * DK;                           \
+                        const T vj = vn[j];                                                        \
+                        _Pragma("omp simd")                                                        \
+                        for (int64_t i = 0; i < DK; ++i) dkn[i] += vj * dgj[i];                    \
+                    }                                                                              \
+                }                                                                                  \
+                _Pragma("omp simd")                                                                \
+                for (int64_t c = 0; c < CK; ++c) sum[c] += e[c] * dkr[c];                          \
+            }                                                                                      \
+            for (int64_t l = 0; l < L; ++l) { /* softmax backward: dk = ks (d ks - sum ks d ks) */ \
+                const T *restrict kr = kb + l * ks[1];                                             \
+                T *restrict dkr = dkb + l * CK;                                                    \
+                _Pragma("omp simd")                                                                \
+                for (int64_t c = 0; c < CK; ++c)                                                   \
+                    dkr[c] = exp_##S(kr[c] - m[c]) * rs[c] * (dkr[c] - sum[c]);                    \
+            }                                                                                      \
+        }                                                                                          \
+        free(buf);                                                                                 \
+    }                                                                                              \
+    return failed;                                                                                 \
+}
+
+CONTENT_KERNELS(float, f32, 0)
+CONTENT_KERNELS(float, f32, 4)
+CONTENT_KERNELS(float, f32, 8)
+CONTENT_KERNELS(float, f32, 16)
+CONTENT_KERNELS(float, f32, 32)
+CONTENT_KERNELS(double, f64, 0)
+"""
+
+_VARIANTS = ("f32_0", "f32_4", "f32_8", "f32_16", "f32_32", "f64_0")
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, ptr, strides = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
+    for s in _VARIANTS:
+        fwd, bwd = getattr(lib, f"content_fwd_{s}"), getattr(lib, f"content_bwd_{s}")
+        # q, qs, k, ks, v, vs, out, stats, L, N, DK, DV, nt, u0, u1
+        fwd.argtypes = [ptr, strides, ptr, strides, ptr, strides, ptr, ptr] + [i64] * 7
+        # q, qs, k, ks, v, vs, stats, g, dq, dk, dv, L, N, DK, DV, nt, u0, u1
+        bwd.argtypes = [ptr, strides, ptr, strides, ptr, strides, ptr, ptr, ptr, ptr, ptr] + [i64] * 7
+        fwd.restype = bwd.restype = ctypes.c_int
+
+
+KERNEL = NativeKernel("content", _SOURCE, _declare, label="content-attention",
+                      used_for="the GSA content path")
+
+
+def content_usable(*tensors: torch.Tensor) -> bool:
+    """Whether :func:`content_attention` can run on these tensors (CPU, one dtype, float32 or
+    float64, kernel built)."""
+    return (
+        len({t.dtype for t in tensors}) == 1
+        and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
+        and KERNEL.available()
+    )
+
+
+def _packed(t: torch.Tensor) -> torch.Tensor:
+    """``(B, L, N, d)`` with the heads' channels contiguous (``N*d`` numbers per position), as the
+    kernel reads them; a copy only when they are not."""
+    return t if t.stride(-1) == 1 and t.stride(-2) == t.shape[-1] else t.contiguous()
+
+
+def _strides2(t: torch.Tensor):
+    return (ctypes.c_int64 * 2)(t.stride(0), t.stride(1))
+
+
+def _stats_size(n: int, d_k: int, d_v: int) -> int:
+    return n * d_k * (d_v + 2)
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor | None = None) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"content_attention: queries and keys (B, L, N, d_k) and values (B, L, N, d_v) expected, "
+            f"got {tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}"
+        )
+    if q.shape != k.shape or q.shape[:3] != v.shape[:3]:
+        raise ValueError(
+            f"content_attention: queries {tuple(q.shape)}, keys {tuple(k.shape)} and values "
+            f"{tuple(v.shape)} do not fit (B, L, N, d_k), (B, L, N, d_k), (B, L, N, d_v)"
+        )
+    b, length, n, _ = q.shape
+    if grad is not None and tuple(grad.shape) != (b, n, v.shape[-1], length):
+        raise ValueError(
+            f"content_attention: gradient {tuple(grad.shape)} does not match the output {(b, n, v.shape[-1], length)}"
+        )
+    tensors = [t for t in (q, k, v, grad) if t is not None]
+    if not content_usable(*tensors):
+        raise ValueError(
+            "content_attention: CPU float32 or float64 tensors of one dtype and the compiled kernel are "
+            "needed (ContentAttention's PyTorch path runs everywhere else)"
+        )
+
+
+def _call(name: str, q: torch.Tensor, v: torch.Tensor, units: int, *args) -> None:
+    """The kernel ``name`` for the dtype, specialised to the channel count when ``d_k == d_v`` is
+    one of the compiled widths."""
+    variant = "f64_0" if v.dtype == torch.float64 else f"f32_{v.shape[-1]}"
+    if q.shape[-1] != v.shape[-1] or variant not in _VARIANTS:
+        variant = "f64_0" if v.dtype == torch.float64 else "f32_0"
+    KERNEL.call(f"{name}_{variant}", units, *args)
+
+
+@torch.library.custom_op("gsa_search::content_attention", mutates_args=())
+def _content_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    _check(q, k, v)
+    q, k, v = _packed(q), _packed(k), _packed(v)
+    b, length, n, d_k = q.shape
+    d_v = v.shape[-1]
+    out = torch.empty(b, n, d_v, length, dtype=v.dtype, device=v.device)  # the kernel writes all of it
+    stats = torch.zeros(b, _stats_size(n, d_k, d_v), dtype=v.dtype, device=v.device)
+    if out.numel():
+        _call("content_fwd", q, v, b, q.data_ptr(), _strides2(q), k.data_ptr(), _strides2(k), v.data_ptr(),
+              _strides2(v), out.data_ptr(), stats.data_ptr(), length, n, d_k, d_v)
+    return out, stats
+
+
+@_content_op.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    b, length, n, d_k = q.shape
+    d_v = v.shape[-1]
+    return v.new_empty(b, n, d_v, length), v.new_empty(b, _stats_size(n, d_k, d_v))
+
+
+@torch.library.custom_op("gsa_search::content_attention_backward", mutates_args=())
+def _content_backward_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stats: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check(q, k, v, grad)
+    q, k, v, grad = _packed(q), _packed(k), _packed(v), grad.contiguous()
+    b, length, n, d_k = q.shape
+    d_v = v.shape[-1]
+    if tuple(stats.shape) != (b, _stats_size(n, d_k, d_v)) or not stats.is_contiguous():
+        raise ValueError(f"content_attention_backward: saved statistics {tuple(stats.shape)} do not fit the inputs")
+    dq, dk = (torch.empty(b, length, n, d_k, dtype=q.dtype, device=q.device) for _ in range(2))
+    dv = torch.empty(b, length, n, d_v, dtype=v.dtype, device=v.device)
+    if not dq.numel():  # no positions (or images): nothing to spread the gradient over
+        return dq, dk, dv
+    _call("content_bwd", q, v, b, q.data_ptr(), _strides2(q), k.data_ptr(), _strides2(k), v.data_ptr(),
+          _strides2(v), stats.data_ptr(), grad.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+          length, n, d_k, d_v)
+    return dq, dk, dv
+
+
+@_content_backward_op.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stats: torch.Tensor, grad: torch.Tensor):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v = inputs
+    ctx.save_for_backward(q, k, v, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _backward(ctx, grad: torch.Tensor, grad_stats: torch.Tensor | None):
+    q, k, v, stats = ctx.saved_tensors
+    return _content_backward_op(q, k, v, stats, grad)
+
+
+_content_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _register_flop_formulas() -> None:
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    # K^T V and G^T Q: 2 * B * N * L * d_k * d_v multiply-adds (torch counts 2 FLOPs each);
+    # the backward does that work twice
+    def forward_flops(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
+        return 4 * math.prod(q_shape) * v_shape[-1]
+
+    def backward_flops(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
+        return 2 * forward_flops(q_shape, k_shape, v_shape)
+
+    for op, formula in ((torch.ops.gsa_search.content_attention, forward_flops),
+                        (torch.ops.gsa_search.content_attention_backward, backward_flops)):
+        if op not in flop_registry:
+            register_flop_formula(op)(formula)
+
+
+_register_flop_formulas()
+
+
+def content_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``out[b, n, :, l] = (softmax_L(k[b, :, n])^T v[b, :, n])^T q[b, l, n]``, one image at a time.
+
+    ``q``, ``k``: ``(B, L, N, d_k)``, ``v``: ``(B, L, N, d_v)`` (strided views whose heads'
+    channels are contiguous are read in place). Returns ``(B, N, d_v, L)``, contiguous (NCHW once
+    ``L`` is unflattened); differentiable in all three. CPU float32/float64 with the compiled kernel
+    only (see :func:`content_usable`).
+    """
+    return _content_op(q, k, v)[0]
