@@ -48,6 +48,9 @@ int content_openmp(void) { return 0; }
 #endif
 
 #define MIN(x, y) ((x) < (y) ? (x) : (y))
+#define AHEAD 8 /* rows prefetched ahead: the rows are strided slices of wider pixels */
+/* prefetch the n channels at p (one row of q, k or v): their first and last cache lines */
+#define PREFETCH_ROW(p, n) do { __builtin_prefetch(p); __builtin_prefetch((p) + (n) - 1); } while (0)
 
 /* exp(x) for x <= 0 (softmax inputs after subtracting the maximum), float32: 2^n p(r) with n the
    nearest integer to x / ln2 (rounded by adding 1.5 * 2^23), r = x - n ln2, |r| <= ln2 / 2, Cephes'
@@ -100,6 +103,7 @@ int content_fwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int6
             for (int64_t c = 0; c < CK; ++c) m[c] = kb[c];                                         \
             for (int64_t l = 1; l < L; ++l) {                                                      \
                 const T *restrict kr = kb + l * ks[1];                                             \
+                if (l + AHEAD < L) PREFETCH_ROW(kr + AHEAD * ks[1], CK);                           \
                 _Pragma("omp simd")                                                                \
                 for (int64_t c = 0; c < CK; ++c) m[c] = kr[c] > m[c] ? kr[c] : m[c];               \
             }                                                                                      \
@@ -107,6 +111,8 @@ int content_fwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int6
             for (int64_t c = 0; c < CK; ++c) rs[c] = 0;                                            \
             for (int64_t l = 0; l < L; ++l) { /* G[n, i, :] += exp(k[l, n, i] - m) v[l, n, :] */   \
                 const T *restrict kr = kb + l * ks[1], *restrict vr = vb + l * vs[1];              \
+                if (l + AHEAD < L) PREFETCH_ROW(vr + AHEAD * vs[1], N * DV);                       \
+                PREFETCH_ROW(qb + l * qs[1], CK); /* for the last pass */                          \
                 _Pragma("omp simd")                                                                \
                 for (int64_t c = 0; c < CK; ++c) {                                                 \
                     e[c] = exp_##S(kr[c] - m[c]);                                                  \
@@ -173,6 +179,7 @@ int content_bwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int6
             T *dqb = dq + b * L * CK, *dkb = dk + b * L * CK, *dvb = dv + b * L * CV;              \
             for (int64_t l = 0; l < L; ++l) {                                                      \
                 const T *restrict qr = qb + l * qs[1];                                             \
+                if (l + AHEAD < L) PREFETCH_ROW(qr + AHEAD * qs[1], CK);                           \
                 for (int64_t c = 0; c < CK; ++c) qT[c * LP + l] = qr[c];                            \
             }                                                                                      \
             for (int64_t n = 0; n < N; ++n) /* dG[n,i,j] = q[:,n,i] . g[n,j,:]; dq = G g */        \
@@ -199,6 +206,10 @@ int content_bwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int6
             for (int64_t l = 0; l < L; ++l) { /* dv = ks dG, d ks = dG v (kept in dk for now) */  \
                 const T *restrict kr = kb + l * ks[1], *restrict vr = vb + l * vs[1];              \
                 T *restrict dkr = dkb + l * CK, *restrict dvr = dvb + l * CV;                      \
+                if (l + AHEAD < L) {                                                               \
+                    PREFETCH_ROW(kr + AHEAD * ks[1], CK);                                          \
+                    PREFETCH_ROW(vr + AHEAD * vs[1], CV);                                          \
+                }                                                                                  \
                 _Pragma("omp simd")                                                                \
                 for (int64_t c = 0; c < CK; ++c) e[c] = exp_##S(kr[c] - m[c]) * rs[c];             \
                 for (int64_t n = 0; n < N; ++n) {                                                  \
