@@ -218,3 +218,24 @@ def test_query_norm_keeps_the_torch_path():
         out = ContentAttention(query_norm=True)(q, k, v)
     assert torch.ops.gsa_search.content_attention not in counter.get_flop_counts()["Global"]
     torch.testing.assert_close(out.double(), reference(q.softmax(-1), k, v), rtol=1e-5, atol=1e-5)
+
+
+def test_build_without_openmp_splits_images_over_python_threads(monkeypatch, tmp_path):
+    """Compilers without OpenMP get a plain build; the images are then split over Python threads,
+    with the same results, forward and backward (the library is restored after the test)."""
+    from gsa_search.blocks import _native
+
+    kernel = _content.KERNEL
+    for name in ("lib", "failed", "openmp"):
+        monkeypatch.setattr(kernel, name, None if name != "openmp" else kernel.openmp)
+    monkeypatch.setenv("GSA_SEARCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_native, "_openmp_flags", lambda compiler: [[]])
+    assert content_usable(torch.zeros(1)) and not kernel.openmp
+    assert torch.get_num_threads() == 2  # conftest: the images really are split
+    q, k, v = (t.requires_grad_(True) for t in _inputs(5, 30, 2, 8, 8, seed=11))
+    out = content_attention(q, k, v)
+    torch.testing.assert_close(out.double(), reference(q, k, v), rtol=1e-5, atol=1e-5)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(12))
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    want = torch.autograd.grad(torch_path(q, k, v), (q, k, v), grad)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
