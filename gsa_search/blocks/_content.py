@@ -14,12 +14,15 @@ One custom operator, ``gsa_search::content_attention`` (backward
 at once, reading q, k, v in place from the projection's channels-last output:
 
 * forward: the keys' maxima, then one pass that forms ``exp(k - max)`` (a vectorisable polynomial
-  in float32, ``exp`` in float64), the sums and ``G``; then ``G^T q`` for 16 positions at a time,
-  written NCHW. Saved for backward: ``G``, the maxima and the sums' reciprocals (``N d_k (d_v + 2)``
+  in float32, ``exp`` in float64), the sums and ``G``; then q transposed to channels-major and
+  ``G^T q`` as multiply-adds along positions, written NCHW row by row. Saved for backward: ``G``, the maxima and the sums' reciprocals (``N d_k (d_v + 2)``
   numbers per image).
-* backward: ``dG = sum_l q g^T`` and ``dq = G g`` (16 positions at a time); then per position the
-  keys' softmax again, ``dv = ks dG`` and ``d ks = dG v``, whose softmax backward needs one more
-  pass for the per-channel sum ``sum_l ks * d ks``.
+* backward: the output gradient transposed to positions-major (16 positions at a time), then per
+  position ``dG += q g^T`` and ``dq = G g``, both as vector multiply-adds along channels (no
+  horizontal sums, ``dq`` written row by row); then per position the keys' softmax again,
+  ``dv = ks dG`` and ``d ks = dG v``, whose softmax backward needs one more pass for the
+  per-channel sum ``sum_l ks * d ks``. The rows of q, k and v, strided slices of wider pixels, are
+  prefetched a few positions ahead.
 
 ``GSA_SEARCH_NATIVE=0``, CUDA, half precision and ``query_norm=True`` keep the PyTorch path.
 """
@@ -156,52 +159,64 @@ int content_fwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int6
     }                                                                                              \
     return failed;                                                                                 \
 }                                                                                                  \
-/* g: (B, N, DV, L) contiguous; dq, dk: (B, L, N*DK), dv: (B, L, N*DV) contiguous. */             \
+/* g: (B, N, DV, L) contiguous; dq, dk: (B, L, N*DK), dv: (B, L, N*DV) contiguous. Each thread keeps
+   one image's output gradient transposed, (L, N*DV), so that every pass runs over positions. */             \
 int content_bwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int64_t *ks,          \
                            const T *v, const int64_t *vs, const T *stats, const T *g,             \
                            T *dq, T *dk, T *dv, int64_t L, int64_t N, int64_t DK0, int64_t DV0,    \
                            int64_t nt, int64_t u0, int64_t u1) {                                   \
     const int64_t DK = DD ? DD : DK0, DV = DD ? DD : DV0;                                          \
-    const int64_t CK = N * DK, CV = N * DV, GS = N * DK * DV, LP = L + 16;                         \
+    const int64_t CK = N * DK, CV = N * DV, GS = N * DK * DV;                                      \
     int failed = 0;                                                                                \
     _Pragma("omp parallel num_threads(nt)")                                                        \
     {                                                                                              \
-        T *buf = (T *)malloc(sizeof(T) * (2 * GS + 2 * CK + CK * LP + L));                         \
+        T *buf = (T *)malloc(sizeof(T) * (3 * GS + 2 * CK + L * CV));                              \
         if (!buf) failed = 1;                                                                      \
         _Pragma("omp for schedule(static)")                                                        \
         for (int64_t b = u0; b < u1; ++b) {                                                        \
             if (!buf) continue;                                                                    \
-            T *restrict dG = buf, *restrict dGT = buf + GS, *restrict e = dGT + GS;                \
-            T *restrict sum = e + CK, *restrict qT = sum + CK, *restrict row = qT + CK * LP;        \
+            T *restrict dG = buf, *restrict dGT = buf + GS, *restrict GT = dGT + GS;               \
+            T *restrict e = GT + GS, *restrict sum = e + CK, *restrict gT = sum + CK;              \
             const T *restrict G = stats + b * (GS + 2 * CK), *restrict m = G + GS, *restrict rs = m + CK; \
             const T *kb = k + b * ks[0], *vb = v + b * vs[0], *qb = q + b * qs[0];                 \
             const T *gb = g + b * CV * L;                                                          \
             T *dqb = dq + b * L * CK, *dkb = dk + b * L * CK, *dvb = dv + b * L * CV;              \
-            for (int64_t l = 0; l < L; ++l) {                                                      \
-                const T *restrict qr = qb + l * qs[1];                                             \
-                if (l + AHEAD < L) PREFETCH_ROW(qr + AHEAD * qs[1], CK);                           \
-                for (int64_t c = 0; c < CK; ++c) qT[c * LP + l] = qr[c];                            \
-            }                                                                                      \
-            for (int64_t n = 0; n < N; ++n) /* dG[n,i,j] = q[:,n,i] . g[n,j,:]; dq = G g */        \
-                for (int64_t i = 0; i < DK; ++i) {                                                 \
-                    const T *restrict qi = qT + (n * DK + i) * LP;                                  \
-                    const T *restrict gi = G + (n * DK + i) * DV;                                  \
-                    for (int64_t l = 0; l < L; ++l) row[l] = 0;                                    \
-                    for (int64_t j = 0; j < DV; ++j) {                                             \
-                        const T *restrict gj = gb + (n * DV + j) * L;                              \
-                        const T gij = gi[j];                                                       \
-                        T s = 0;                                                                   \
-                        _Pragma("omp simd reduction(+ : s)")                                       \
-                        for (int64_t l = 0; l < L; ++l) {                                          \
-                            s += qi[l] * gj[l];                                                    \
-                            row[l] += gij * gj[l];                                                 \
-                        }                                                                          \
-                        dG[(n * DK + i) * DV + j] = s;                                             \
-                        dGT[(n * DV + j) * DK + i] = s;                                            \
-                    }                                                                              \
-                    T *restrict o = dqb + n * DK + i;                                              \
-                    for (int64_t l = 0; l < L; ++l) o[l * CK] = row[l];                            \
+            for (int64_t n = 0; n < N; ++n) /* GT[n, j, i] = G[n, i, j] */                         \
+                for (int64_t i = 0; i < DK; ++i)                                                   \
+                    for (int64_t j = 0; j < DV; ++j) GT[(n * DV + j) * DK + i] = G[(n * DK + i) * DV + j]; \
+            for (int64_t l0 = 0; l0 < L; l0 += 16) { /* gT[l, c] = g[c, l], 16 positions at a time */ \
+                const int64_t nl = MIN(16, L - l0);                                                \
+                for (int64_t c = 0; c < CV; ++c) {                                                 \
+                    const T *restrict gr = gb + c * L + l0;                                        \
+                    for (int64_t t = 0; t < nl; ++t) gT[(l0 + t) * CV + c] = gr[t];                \
                 }                                                                                  \
+            }                                                                                      \
+            for (int64_t c = 0; c < GS; ++c) dG[c] = 0;                                            \
+            for (int64_t l = 0; l < L; ++l) { /* dG[n, i, :] += q[l, n, i] g[n, :, l]; dq = G g */ \
+                const T *restrict qr = qb + l * qs[1], *restrict gr = gT + l * CV;                 \
+                T *restrict dqr = dqb + l * CK;                                                    \
+                if (l + AHEAD < L) PREFETCH_ROW(qr + AHEAD * qs[1], CK);                           \
+                for (int64_t n = 0; n < N; ++n) {                                                  \
+                    const T *restrict gn = gr + n * DV;                                            \
+                    for (int64_t i = 0; i < DK; ++i) {                                             \
+                        const T qi = qr[n * DK + i];                                               \
+                        T *restrict dgi = dG + (n * DK + i) * DV;                                  \
+                        _Pragma("omp simd")                                                        \
+                        for (int64_t j = 0; j < DV; ++j) dgi[j] += qi * gn[j];                     \
+                    }                                                                              \
+                    T *restrict dqn = dqr + n * DK;                                                \
+                    for (int64_t i = 0; i < DK; ++i) dqn[i] = 0;                                   \
+                    for (int64_t j = 0; j < DV; ++j) {                                             \
+                        const T gj = gn[j];                                                        \
+                        const T *restrict gtj = GT + (n * DV + j) * DK;                            \
+                        _Pragma("omp simd")                                                        \
+                        for (int64_t i = 0; i < DK; ++i) dqn[i] += gj * gtj[i];                    \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+            for (int64_t n = 0; n < N; ++n) /* dGT[n, j, i] = dG[n, i, j] */                       \
+                for (int64_t i = 0; i < DK; ++i)                                                   \
+                    for (int64_t j = 0; j < DV; ++j) dGT[(n * DV + j) * DK + i] = dG[(n * DK + i) * DV + j]; \
             for (int64_t c = 0; c < CK; ++c) sum[c] = 0;                                           \
             for (int64_t l = 0; l < L; ++l) { /* dv = ks dG, d ks = dG v (kept in dk for now) */  \
                 const T *restrict kr = kb + l * ks[1], *restrict vr = vb + l * vs[1];              \
