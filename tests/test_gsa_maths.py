@@ -904,3 +904,25 @@ def test_explicit_attention_is_global():
     grad = _input_gradient(block, _randn(B, 3, 7, 6, seed=69), 0, 0)
     assert grad[6, 5] > 1e-12
     assert torch.all(grad > 0)
+
+
+@pytest.mark.parametrize("h,w", [(4, 4), (8, 8), (9, 8), (12, 11)], ids=lambda s: str(s))
+def test_projection_matches_a_1x1_convolution_forward_and_backward(h, w):
+    """``PointwiseProjection`` against ``conv2d`` with the same weight: the channels-last outputs,
+    the input gradient and the weight gradient, on maps at and above ``SMALL_MAP`` pixels (the
+    weight gradient is one matmul up to there, per-image products beyond), with one output unused."""
+    assert (h * w <= gsa_module.SMALL_MAP) == (h * w <= 64)
+    torch.manual_seed(32)
+    proj = gsa_module.PointwiseProjection(5, 9).double()
+    x = _randn(3, 5, h, w).requires_grad_(True)
+    q, k, v = proj(x, (2, 3, 4))
+    grads = [_randn(*t.shape) for t in (q, v)]
+    torch.autograd.backward([q, v], grads)  # k unused: no gradient flows from it
+    x_ref = x.detach().clone().requires_grad_(True)
+    weight = proj.weight.detach().clone().requires_grad_(True)
+    ref = nn.functional.conv2d(x_ref, weight).permute(0, 2, 3, 1)  # (B, H, W, 9)
+    torch.testing.assert_close(torch.cat([q, k, v], -1), ref)
+    torch.autograd.backward([ref[..., :2], ref[..., 5:]], grads)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(proj.weight.grad, weight.grad)
+    assert not proj.weight.grad[2:5].any()

@@ -196,6 +196,9 @@ def relative_to_absolute(rel: torch.Tensor, length: int, span: int) -> torch.Ten
     return offsets.unfold(1, length, 1).flip(1).transpose(2, 3)  # (E, L_i, L_a, d)
 
 
+SMALL_MAP = 64  # pixels: up to here the projection's weight gradient is one matmul over all pixels
+
+
 class _Projection(torch.autograd.Function):
     """``x (B, C, H, W)`` -> one channels-last ``(B, H, W, C_j)`` tensor per row block ``W_j`` of
     ``weight (sum C_j, C)``; the input gradient comes back NCHW, as ``x`` is."""
@@ -217,6 +220,11 @@ class _Projection(torch.autograd.Function):
         need_x, need_weight = ctx.needs_input_grad[:2]
         d_x = None  # NCHW, (B, C, L)
         d_weight = []
+        # Weight gradient: one (C_j, L) @ (L, C) product per image, summed; on maps of at most
+        # SMALL_MAP pixels one (C_j, B*L) @ (B*L, C) matmul over a channels-last copy of x is faster
+        # (measured at 4x4 and 8x8 with 128 channels: 0.5x and 0.7x the time; even at 8x8 with 64,
+        # slower on larger maps).
+        x_rows = x.permute(0, 2, 3, 1).reshape(b * h * w, c) if h * w <= SMALL_MAP else None
         for part, grad in zip(weight.view(-1, c).split(ctx.splits), grads):
             if grad is None:
                 d_weight.append(torch.zeros_like(part))
@@ -227,7 +235,11 @@ class _Projection(torch.autograd.Function):
                 w_t = part.to(g.dtype).t().expand(b, -1, -1)  # (B, C, C_j)
                 d_x = torch.bmm(w_t, g) if d_x is None else d_x.baddbmm_(w_t, g)
             if need_weight:
-                d_weight.append(torch.bmm(g, xt.to(g.dtype)).sum(0).to(weight.dtype))  # (C_j, C)
+                if x_rows is not None:
+                    rows = grad.reshape(b * h * w, -1)  # (B*L, C_j)
+                    d_weight.append(torch.mm(rows.t(), x_rows.to(rows.dtype)).to(weight.dtype))
+                else:
+                    d_weight.append(torch.bmm(g, xt.to(g.dtype)).sum(0).to(weight.dtype))  # (C_j, C)
         if need_x and d_x is None:
             d_x = x.new_zeros(b, c, h * w)
         return (
