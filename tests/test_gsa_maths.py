@@ -906,15 +906,16 @@ def test_explicit_attention_is_global():
     assert torch.all(grad > 0)
 
 
-@pytest.mark.parametrize("h,w", [(4, 4), (8, 8), (9, 8), (12, 11)], ids=lambda s: str(s))
-def test_projection_matches_a_1x1_convolution_forward_and_backward(h, w):
+@pytest.mark.parametrize("c,h,w", [(8, 2, 2), (9, 3, 1), (9, 2, 3), (5, 4, 4), (5, 9, 8)], ids=lambda s: str(s))
+def test_projection_matches_a_1x1_convolution_forward_and_backward(c, h, w):
     """``PointwiseProjection`` against ``conv2d`` with the same weight: the channels-last outputs,
-    the input gradient and the weight gradient, on maps at and above ``SMALL_MAP`` pixels (the
-    weight gradient is one matmul up to there, per-image products beyond), with one output unused."""
-    assert (h * w <= gsa_module.SMALL_MAP) == (h * w <= 64)
+    the input gradient and the weight gradient, on maps with at most half as many pixels as input
+    channels (the weight gradient is then one matmul over all pixels) and more (per-image
+    products), with one output unused."""
+    assert gsa_module.one_matmul_weight_grad(c, h * w) == (2 * h * w <= c)
     torch.manual_seed(32)
-    proj = gsa_module.PointwiseProjection(5, 9).double()
-    x = _randn(3, 5, h, w).requires_grad_(True)
+    proj = gsa_module.PointwiseProjection(c, 9).double()
+    x = _randn(3, c, h, w).requires_grad_(True)
     q, k, v = proj(x, (2, 3, 4))
     grads = [_randn(*t.shape) for t in (q, v)]
     torch.autograd.backward([q, v], grads)  # k unused: no gradient flows from it
