@@ -8,6 +8,14 @@ import torch
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _two_torch_threads():
+    """Every test starts with the 2 threads above: the runners and CLI commands run in-process set
+    the process's thread count (``--threads``), which would otherwise leak into later tests."""
+    torch.set_num_threads(2)
+    yield
+
+
 @pytest.fixture
 def native_kernel():
     """The compiled local-window kernel; skips (fails with ``CI=true``) where it cannot be built."""

@@ -231,11 +231,15 @@ def test_build_without_openmp_splits_images_over_python_threads(monkeypatch, tmp
     monkeypatch.setenv("GSA_SEARCH_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(_native, "_openmp_flags", lambda compiler: [[]])
     assert content_usable(torch.zeros(1)) and not kernel.openmp
-    assert torch.get_num_threads() == 2  # conftest: the images really are split
-    q, k, v = (t.requires_grad_(True) for t in _inputs(5, 30, 2, 8, 8, seed=11))
-    out = content_attention(q, k, v)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the images really are split (over two Python threads)
+    try:
+        q, k, v = (t.requires_grad_(True) for t in _inputs(5, 30, 2, 8, 8, seed=11))
+        out = content_attention(q, k, v)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(12))
+        got = torch.autograd.grad(out, (q, k, v), grad)
+    finally:
+        torch.set_num_threads(before)
     torch.testing.assert_close(out.double(), reference(q, k, v), rtol=1e-5, atol=1e-5)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(12))
-    got = torch.autograd.grad(out, (q, k, v), grad)
     want = torch.autograd.grad(torch_path(q, k, v), (q, k, v), grad)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
