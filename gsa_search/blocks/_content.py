@@ -60,7 +60,9 @@ int content_openmp(void) { return 0; }
    nearest integer to x / ln2 (rounded by adding 1.5 * 2^23), r = x - n ln2, |r| <= ln2 / 2, Cephes'
    expf polynomial; relative error below 1e-7. Branch-free, so the loops over channels vectorise
    (GCC needs -fno-trapping-math for the clamp, which changes no result). */
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math", "no-tree-loop-distribute-patterns")
+#endif
 static inline float exp_f32(float x) {
     x = x < -87.0f ? -87.0f : x;
     const float t = x * 1.44269504088896341f + 12582912.0f;
