@@ -91,6 +91,38 @@ static inline double exp_f64(double x) { return exp(x); }
    one image's queries transposed, (N*DK, LP), so the products over positions run along rows; the
    row length LP = L + 16 keeps the transposing stores off a single cache set when L is a power of 2. */
 #define CONTENT_KERNELS(T, S, DD)                                                                  \
+/* per head n: M[n, i, :] += a[n * DK + i] * b[n * DV : (n + 1) * DV] (a rank-1 update per head) */ \
+static inline void rank1_##S##_##DD(T *restrict M, const T *restrict a, const T *restrict b,       \
+                                    int64_t N, int64_t DK, int64_t DV) {                           \
+    for (int64_t n = 0; n < N; ++n)                                                                \
+        for (int64_t i = 0; i < DK; ++i) {                                                         \
+            const T ai = a[n * DK + i];                                                            \
+            T *restrict row = M + (n * DK + i) * DV;                                               \
+            _Pragma("omp simd")                                                                    \
+            for (int64_t j = 0; j < DV; ++j) row[j] += ai * b[n * DV + j];                         \
+        }                                                                                          \
+}                                                                                                  \
+/* per head n: y[n * C : (n + 1) * C] = sum_r a[n * R + r] M[n, r, :], M (N, R, C) */           \
+static inline void vecmat_##S##_##DD(T *restrict y, const T *restrict a, const T *restrict M,      \
+                                     int64_t N, int64_t R, int64_t C) {                            \
+    for (int64_t n = 0; n < N; ++n) {                                                              \
+        T *restrict yn = y + n * C;                                                                \
+        for (int64_t c = 0; c < C; ++c) yn[c] = 0;                                                 \
+        for (int64_t r = 0; r < R; ++r) {                                                          \
+            const T ar = a[n * R + r];                                                             \
+            const T *restrict row = M + (n * R + r) * C;                                           \
+            _Pragma("omp simd")                                                                    \
+            for (int64_t c = 0; c < C; ++c) yn[c] += ar * row[c];                                  \
+        }                                                                                          \
+    }                                                                                              \
+}                                                                                                  \
+/* per head n: MT[n, j, i] = M[n, i, j] */                                                        \
+static inline void transpose_##S##_##DD(T *restrict MT, const T *restrict M, int64_t N, int64_t DK, \
+                                        int64_t DV) {                                              \
+    for (int64_t n = 0; n < N; ++n)                                                                \
+        for (int64_t i = 0; i < DK; ++i)                                                           \
+            for (int64_t j = 0; j < DV; ++j) MT[(n * DV + j) * DK + i] = M[(n * DK + i) * DV + j];  \
+}                                                                                                  \
 int content_fwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int64_t *ks,          \
                            const T *v, const int64_t *vs, T *out, T *stats, int64_t L, int64_t N,  \
                            int64_t DK0, int64_t DV0, int64_t nt, int64_t u0, int64_t u1) {         \
@@ -124,15 +156,7 @@ int content_fwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int6
                     e[c] = exp_##S(kr[c] - m[c]);                                                  \
                     rs[c] += e[c];                                                                 \
                 }                                                                                  \
-                for (int64_t n = 0; n < N; ++n) {                                                  \
-                    const T *restrict vn = vr + n * DV;                                            \
-                    for (int64_t i = 0; i < DK; ++i) {                                             \
-                        const T ei = e[n * DK + i];                                                \
-                        T *restrict g = G + (n * DK + i) * DV;                                     \
-                        _Pragma("omp simd")                                                        \
-                        for (int64_t j = 0; j < DV; ++j) g[j] += ei * vn[j];                       \
-                    }                                                                              \
-                }                                                                                  \
+                rank1_##S##_##DD(G, e, vr, N, DK, DV);                                             \
             }                                                                                      \
             for (int64_t c = 0; c < CK; ++c) {                                                     \
                 rs[c] = 1 / rs[c];                                                                 \
@@ -184,9 +208,7 @@ int content_bwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int6
             const T *kb = k + b * ks[0], *vb = v + b * vs[0], *qb = q + b * qs[0];                 \
             const T *gb = g + b * CV * L;                                                          \
             T *dqb = dq + b * L * CK, *dkb = dk + b * L * CK, *dvb = dv + b * L * CV;              \
-            for (int64_t n = 0; n < N; ++n) /* GT[n, j, i] = G[n, i, j] */                         \
-                for (int64_t i = 0; i < DK; ++i)                                                   \
-                    for (int64_t j = 0; j < DV; ++j) GT[(n * DV + j) * DK + i] = G[(n * DK + i) * DV + j]; \
+            transpose_##S##_##DD(GT, G, N, DK, DV);                                                \
             for (int64_t l0 = 0; l0 < L; l0 += 16) { /* gT[l, c] = g[c, l], 16 positions at a time */ \
                 const int64_t nl = MIN(16, L - l0);                                                \
                 for (int64_t c = 0; c < CV; ++c) {                                                 \
@@ -199,27 +221,10 @@ int content_bwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int6
                 const T *restrict qr = qb + l * qs[1], *restrict gr = gT + l * CV;                 \
                 T *restrict dqr = dqb + l * CK;                                                    \
                 if (l + AHEAD < L) PREFETCH_ROW(qr + AHEAD * qs[1], CK);                           \
-                for (int64_t n = 0; n < N; ++n) {                                                  \
-                    const T *restrict gn = gr + n * DV;                                            \
-                    for (int64_t i = 0; i < DK; ++i) {                                             \
-                        const T qi = qr[n * DK + i];                                               \
-                        T *restrict dgi = dG + (n * DK + i) * DV;                                  \
-                        _Pragma("omp simd")                                                        \
-                        for (int64_t j = 0; j < DV; ++j) dgi[j] += qi * gn[j];                     \
-                    }                                                                              \
-                    T *restrict dqn = dqr + n * DK;                                                \
-                    for (int64_t i = 0; i < DK; ++i) dqn[i] = 0;                                   \
-                    for (int64_t j = 0; j < DV; ++j) {                                             \
-                        const T gj = gn[j];                                                        \
-                        const T *restrict gtj = GT + (n * DV + j) * DK;                            \
-                        _Pragma("omp simd")                                                        \
-                        for (int64_t i = 0; i < DK; ++i) dqn[i] += gj * gtj[i];                    \
-                    }                                                                              \
-                }                                                                                  \
+                rank1_##S##_##DD(dG, qr, gr, N, DK, DV);                                           \
+                vecmat_##S##_##DD(dqr, gr, GT, N, DV, DK);                                         \
             }                                                                                      \
-            for (int64_t n = 0; n < N; ++n) /* dGT[n, j, i] = dG[n, i, j] */                       \
-                for (int64_t i = 0; i < DK; ++i)                                                   \
-                    for (int64_t j = 0; j < DV; ++j) dGT[(n * DV + j) * DK + i] = dG[(n * DK + i) * DV + j]; \
+            transpose_##S##_##DD(dGT, dG, N, DK, DV);                                              \
             for (int64_t c = 0; c < CK; ++c) sum[c] = 0;                                           \
             for (int64_t l = 0; l < L; ++l) { /* dv = ks dG, d ks = dG v (kept in dk for now) */  \
                 const T *restrict kr = kb + l * ks[1], *restrict vr = vb + l * vs[1];              \
@@ -230,24 +235,8 @@ int content_bwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int6
                 }                                                                                  \
                 _Pragma("omp simd")                                                                \
                 for (int64_t c = 0; c < CK; ++c) e[c] = exp_##S(kr[c] - m[c]) * rs[c];             \
-                for (int64_t n = 0; n < N; ++n) {                                                  \
-                    const T *restrict vn = vr + n * DV, *restrict en = e + n * DK;                 \
-                    T *restrict dvn = dvr + n * DV, *restrict dkn = dkr + n * DK;                  \
-                    for (int64_t j = 0; j < DV; ++j) dvn[j] = 0;                                   \
-                    for (int64_t i = 0; i < DK; ++i) dkn[i] = 0;                                   \
-                    for (int64_t i = 0; i < DK; ++i) {                                             \
-                        const T *restrict dgi = dG + (n * DK + i) * DV;                            \
-                        const T ei = en[i];                                                        \
-                        _Pragma("omp simd")                                                        \
-                        for (int64_t j = 0; j < DV; ++j) dvn[j] += ei * dgi[j];                    \
-                    }                                                                              \
-                    for (int64_t j = 0; j < DV; ++j) {                                             \
-                        const T *restrict dgj = dGT + (n * DV + j) * DK;                           \
-                        const T vj = vn[j];                                                        \
-                        _Pragma("omp simd")                                                        \
-                        for (int64_t i = 0; i < DK; ++i) dkn[i] += vj * dgj[i];                    \
-                    }                                                                              \
-                }                                                                                  \
+                vecmat_##S##_##DD(dvr, e, dG, N, DK, DV);                                          \
+                vecmat_##S##_##DD(dkr, vr, dGT, N, DV, DK);                                        \
                 _Pragma("omp simd")                                                                \
                 for (int64_t c = 0; c < CK; ++c) sum[c] += e[c] * dkr[c];                          \
             }                                                                                      \
@@ -293,11 +282,7 @@ KERNEL = NativeKernel("content", _SOURCE, _declare, label="content-attention",
 def content_usable(*tensors: torch.Tensor) -> bool:
     """Whether :func:`content_attention` can run on these tensors (CPU, one dtype, float32 or
     float64, kernel built)."""
-    return (
-        len({t.dtype for t in tensors}) == 1
-        and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
-        and KERNEL.available()
-    )
+    return KERNEL.usable(*tensors)
 
 
 def _packed(t: torch.Tensor) -> torch.Tensor:

@@ -201,6 +201,16 @@ class NativeKernel:
         """Whether the kernel is used for CPU tensors (builds it on first call)."""
         return native_enabled() and self.library() is not None
 
+    def usable(self, *tensors: torch.Tensor) -> bool:
+        """Whether the kernel can run on these tensors: CPU, one dtype, float32 or float64, built."""
+        dtypes = {t.dtype for t in tensors}
+        return (
+            len(dtypes) == 1
+            and dtypes <= {torch.float32, torch.float64}
+            and all(t.device.type == "cpu" for t in tensors)
+            and self.available()
+        )
+
     def threads(self, rows: int) -> int:
         """How many threads :meth:`run` uses for ``rows`` rows."""
         return max(1, min(torch.get_num_threads(), rows))

@@ -445,13 +445,7 @@ def native_available() -> bool:
 
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether the kernel can run on these tensors: CPU, one dtype, float32 or float64, built."""
-    dtypes = {t.dtype for t in tensors}
-    return (
-        all(t.device.type == "cpu" for t in tensors)
-        and len(dtypes) == 1
-        and dtypes <= {torch.float32, torch.float64}
-        and KERNEL.available()
-    )
+    return KERNEL.usable(*tensors)
 
 
 def _loaded() -> ctypes.CDLL:

@@ -582,7 +582,7 @@ def _check_attention(q: torch.Tensor, v: torch.Tensor, rel: torch.Tensor, ry: in
 def fused_usable(*tensors: torch.Tensor) -> bool:
     """Whether :func:`window_attention` can run on these tensors (CPU, one dtype, float32 or
     float64, kernel built)."""
-    return len({t.dtype for t in tensors}) == 1 and _use_native(*tensors)
+    return KERNEL.usable(*tensors)
 
 
 def _call(name: str, q: torch.Tensor, v: torch.Tensor, units: int, *args, slots: bool = False,

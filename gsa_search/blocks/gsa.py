@@ -26,10 +26,10 @@ Implementation: the projection returns q, k, v channels last (one batched matmul
 input), which both positional steps and the content path read in place through strided views; the
 relative-attention kernel (``_relative.py``) writes the row step's result in NCHW order, so the
 block needs no transpose at its output. On CPU the content path is one compiled kernel
-(``_content.py``: softmax, ``K^T V`` and ``G^T Q`` for all heads of an image). Local 2D windows are computed key by key (on CPU by the
-fused window-attention kernel of ``_window.py``, which never stores the logits; elsewhere a logits
-matmul and the window sum); windows about as wide as the map reuse the banded row kernel
-(:func:`window_path` decides).
+(``_content.py``: softmax, ``K^T V`` and ``G^T Q`` for all heads of an image). Local 2D windows
+are computed key by key (on CPU by the fused window-attention kernel of ``_window.py``, which
+never stores the logits; elsewhere a logits matmul and the window sum); windows about as wide as
+the map reuse the banded row kernel (:func:`window_path` decides).
 """
 
 from __future__ import annotations
@@ -202,8 +202,6 @@ def one_matmul_weight_grad(channels: int, pixels: int) -> bool:
     block forward + backward): 128 channels at 4x4 and 8x8, 64 at 4x4 and 256 at 8x8 ran 5-20%
     faster with the one matmul, 32 at 4x4 the same, 64 at 8x8 4% slower."""
     return 2 * pixels <= channels
-
-
 
 
 class _Projection(torch.autograd.Function):
