@@ -6,6 +6,13 @@ sequence counts that leave a partial tile, strided inputs (views of a channels-l
 transposed and overlapping views), ``transpose_out`` and ``recompute``; gradients against the
 reference and gradcheck in float64; the fallback for meta tensors and ``GSA_SEARCH_NATIVE=0``;
 FLOP counting; the whole axial and 2D blocks on both paths.
+
+The float32 lane kernels (8 sequences in the lanes of a vector, ``d_k = d_v`` in 4, 8, 16): their
+dispatch rule (``lane_width``); against the reference for odd and even ``L`` (down to 1 and 2, the
+``d = 4`` phantom position), ``L`` past one block of 8, ``S`` that fills its units of 8 or not, all
+layouts (the vector gather/scatter paths and the scalar one) and ``transpose_out``; against the
+other kernel, also on the axial block's two calls (two sequence axes, ``out_order``); bitwise
+equal results for different thread counts.
 """
 
 from __future__ import annotations
@@ -226,3 +233,120 @@ def test_two_sequence_axes_and_an_output_layout(native, monkeypatch, path):
     assert torch.autograd.gradcheck(
         lambda q, v, e: relative_axis_attention(q, v, e, out_order=[1, 3, 2, 0, 4]), leaves, eps=1e-6, atol=1e-6
     )
+
+
+def _with_grads(fn, leaves, seed=1):
+    """``fn(*leaves)`` and the gradients of the leaves for a random output gradient."""
+    out = fn(*leaves)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    return (out.detach(), *torch.autograd.grad(out, leaves, grad))
+
+
+LANE_SHAPES = [  # n, L, S, L_a, d_k, d_v: all run the lane kernel
+    (1, 1, 9, 3, 4, 4),  # one position (a phantom second one for d = 4), one full unit and one lane
+    (2, 2, 8, 5, 4, 4),
+    (2, 13, 17, 11, 4, 4),  # odd L past one block of 8 positions
+    (1, 10, 24, 7, 8, 8),
+    (3, 8, 3, 64, 8, 8),  # S < 8: no full unit; L_a * d at the tile limit
+    (2, 9, 3, 20, 16, 16),
+    (1, 17, 9, 32, 16, 16),  # L_a * d at the tile limit
+]
+
+
+@pytest.mark.parametrize("shape", LANE_SHAPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed", "overlapping"])
+@pytest.mark.parametrize("transpose_out", [False, True])
+def test_lane_kernel_matches_naive(native, shape, layout, transpose_out):
+    qt, v, emb = _inputs(*shape, layout=layout, seed=sum(shape))
+    assert _relative_native.lane_width(qt, v) == shape[4]
+    leaves = [t.requires_grad_(True) for t in (qt, v, emb)]  # the views themselves: their strides
+    got = _with_grads(lambda *a: relative_axis_attention(*a, transpose_out=transpose_out), leaves)
+    ref = [t.detach().double().requires_grad_(True) for t in leaves]
+    expected = _with_grads(lambda *a: naive(*a, transpose_out), ref)
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
+
+
+def _assert_kernels_agree(monkeypatch, fn, leaves):
+    """``fn`` (calling ``relative_axis_attention``) on the lane kernel and on the other kernel."""
+    run, lanes = _relative_native._run, []
+
+    def spy(direction, dtype, units, lane, *args, **kwargs):
+        lanes.append(lane)
+        run(direction, dtype, units, lane, *args, **kwargs)
+
+    monkeypatch.setattr(_relative_native, "_run", spy)
+    lane = _with_grads(fn, leaves)
+    assert lanes and None not in lanes  # every call, forward and backward, ran a lane kernel
+    monkeypatch.setattr(_relative_native, "lane_width", lambda *a: None)
+    other = _with_grads(fn, leaves)
+    assert lanes[-1] is None
+    for a, b in zip(lane, other):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * max(1.0, b.abs().max().item()))
+
+
+@pytest.mark.parametrize("shape", LANE_SHAPES)
+@pytest.mark.parametrize("transpose_out", [False, True])
+def test_lane_kernel_matches_the_other_kernel(native, monkeypatch, shape, transpose_out):
+    qt, v, emb = _inputs(*shape, layout="channels_last", seed=sum(shape) + 1)
+    assert _relative_native.lane_width(qt, v) is not None
+    leaves = [t.requires_grad_(True) for t in (qt, v, emb)]
+    _assert_kernels_agree(monkeypatch, lambda *a: relative_axis_attention(*a, transpose_out=transpose_out), leaves)
+
+
+@pytest.mark.parametrize("d", [4, 8])
+@pytest.mark.parametrize("size", [(3, 16, 16), (3, 12, 10)])  # (B, H, W); 12 x 10: units span images
+def test_lane_kernel_on_the_axial_blocks_calls(native, monkeypatch, size, d):
+    """The column step then the row step as ``AxialPositionalAttention`` calls them, from the
+    slices of one channels-last projection, on both kernels."""
+    (b, h, w), n = size, 2
+    g = torch.Generator().manual_seed(9)
+    proj = torch.randn(b, h, w, 2 * n * d + 3, generator=g).requires_grad_(True)
+    emb_col = torch.randn(n, h, h, d, generator=g).requires_grad_(True)
+    emb_row = torch.randn(n, w, w, d, generator=g).requires_grad_(True)
+
+    def steps(proj, emb_col, emb_row):
+        q, v = proj[..., : n * d].unflatten(-1, (n, d)), proj[..., n * d : 2 * n * d].unflatten(-1, (n, d))
+        qt_col = q.transpose(1, 2).contiguous().view(b * w, h, n, d).permute(2, 1, 0, 3)  # (N, H, B*W, d)
+        c = relative_axis_attention(qt_col, v.permute(3, 0, 2, 1, 4), emb_col, out_order=[1, 3, 2, 0, 4])
+        c = c.permute(1, 3, 2, 0, 4)  # (B, H, W, N, d), contiguous
+        qt_row = q.reshape(b * h, w, n, d).permute(2, 1, 0, 3)  # (N, W, B*H, d)
+        p = relative_axis_attention(qt_row, c.permute(3, 0, 1, 2, 4), emb_row, transpose_out=True,
+                                    out_order=[1, 0, 3, 2, 4])
+        return p.permute(1, 0, 3, 2, 4)  # (B, N, d, H, W), contiguous
+
+    _assert_kernels_agree(monkeypatch, steps, [proj, emb_col, emb_row])
+
+
+def test_lane_width_dispatch(native):
+    def width(keys, d_k, d_v=None, dtype=torch.float32):
+        qt, v, _ = _inputs(1, 3, 5, keys, d_k, d_v or d_k, dtype=dtype)
+        return _relative_native.lane_width(qt, v)
+
+    assert _relative_native.LANE_WIDTHS == (4, 8, 16) and _relative_native.LANE_MAX_TILE == 512
+    assert [width(7, d) for d in (4, 8, 16)] == [4, 8, 16]
+    assert width(64, 8) == 8  # L_a * d = 512, the limit
+    assert width(7, 8, dtype=torch.float64) is None
+    assert width(7, 8, 4) is None and width(7, 4, 8) is None  # d_k != d_v
+    assert width(7, 32) is None and width(7, 5) is None
+    assert width(64, 16) is None and width(129, 4) is None  # tile past LANE_MAX_TILE
+
+
+@pytest.mark.parametrize("d", [4, 16])
+def test_lane_kernel_thread_counts_give_the_same_results(native, d):
+    qt, v, emb = _inputs(2, 11, 37, 9, d, d, layout="channels_last", seed=10)
+    assert _relative_native.lane_width(qt, v) == d
+    leaves = [t.requires_grad_(True) for t in (qt, v, emb)]
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(_with_grads(lambda *a: relative_axis_attention(*a, transpose_out=True), leaves))
+    finally:
+        torch.set_num_threads(before)
+    (out1, dq1, dv1, de1), (out2, dq2, dv2, de2) = results
+    for a, b in ((out1, out2), (dq1, dq2), (dv1, dv2)):  # each unit is computed by one thread
+        assert torch.equal(a, b)
+    torch.testing.assert_close(de1, de2, rtol=1e-5, atol=1e-5)  # summed over per-thread partials
