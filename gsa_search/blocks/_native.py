@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["NativeKernel", "native_enabled"]
+__all__ = ["LANE_TRANSPOSES", "NativeKernel", "native_enabled"]
 
 # -ffp-contract=fast: let the compiler fuse multiply-adds where the CPU flags allow them
 FLAGS = ["-O3", "-std=gnu99", "-ffp-contract=fast", "-fopenmp-simd", "-shared", "-fPIC"]
@@ -48,6 +48,54 @@ def _reset_pool_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_pool_after_fork)
+
+
+# C shared by the kernels whose vectors run across 8 rows (sequences, pixels) instead of along
+# channels: the vector types and 8 x 8 / 8 x 4 transposes in registers (GCC >= 12 or clang; without
+# them, callers keep scalar loops). ``INLINE`` must be defined before it.
+LANE_TRANSPOSES = r"""
+typedef float lv_t __attribute__((vector_size(32)));
+typedef float k4_t __attribute__((vector_size(16), aligned(4), may_alias));
+typedef float k8_t __attribute__((vector_size(32), aligned(4), may_alias));
+
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define LANE_SHUFFLES 1
+#define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+/* dst[t][j] = src[j][t] for an 8 x 8 tile (rows of 8 floats at any alignment) */
+INLINE void transpose8(const float *const *src, float *const *dst) {
+    lv_t r[8], t[8], u[8];
+    for (int j = 0; j < 8; ++j) r[j] = *(const k8_t *)src[j];
+    for (int j = 0; j < 8; j += 2) {
+        t[j] = SHUF(r[j], r[j + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[j + 1] = SHUF(r[j], r[j + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int j = 0; j < 8; j += 4) {
+        u[j] = SHUF(t[j], t[j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[j + 1] = SHUF(t[j], t[j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        u[j + 2] = SHUF(t[j + 1], t[j + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[j + 3] = SHUF(t[j + 1], t[j + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    for (int c = 0; c < 4; ++c) {
+        *(k8_t *)dst[c] = SHUF(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        *(k8_t *)dst[c + 4] = SHUF(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+}
+/* the same for an 8 x 4 tile one way (8 rows of 4 -> 4 vectors of 8 lanes) or the other: rows j and
+   j + 4 share a vector (p[j] | p[j + 4]) on both sides, and the shuffles are their own inverse */
+INLINE lv_t pair4(const float *lo, const float *hi) {
+    const k4_t a = *(const k4_t *)lo, b = *(const k4_t *)hi;
+    return SHUF(a, b, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+INLINE void transpose4(const lv_t *in, lv_t *out) {
+    const lv_t t0 = SHUF(in[0], in[1], 0, 8, 1, 9, 4, 12, 5, 13), t1 = SHUF(in[0], in[1], 2, 10, 3, 11, 6, 14, 7, 15);
+    const lv_t t2 = SHUF(in[2], in[3], 0, 8, 1, 9, 4, 12, 5, 13), t3 = SHUF(in[2], in[3], 2, 10, 3, 11, 6, 14, 7, 15);
+    out[0] = SHUF(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13);
+    out[1] = SHUF(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);
+    out[2] = SHUF(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13);
+    out[3] = SHUF(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);
+}
+#endif
+"""
 
 
 def native_enabled() -> bool:

@@ -38,7 +38,7 @@ import math
 
 import torch
 
-from ._native import NativeKernel
+from ._native import LANE_TRANSPOSES, NativeKernel
 
 __all__ = ["window_sum", "window_attention", "native_available", "fused_usable"]
 
@@ -300,6 +300,212 @@ int wattn_bwd_##S##_##DD(const T *q, const int64_t *qs, const T *v, const int64_
     return failed;                                                                                 \
 }
 
+#ifndef INLINE
+#define INLINE static inline __attribute__((always_inline))
+#endif
+"""
+_SOURCE += LANE_TRANSPOSES + r"""
+/* ---- lane kernels of the fused window attention (float32, d_k = d_v = DD): the 8 lanes of a
+   vector are 8 neighbouring query columns of one row (forward, and the backward's d_q / d_offsets
+   pass) or 8 neighbouring key columns (the backward's d_v pass, which gathers over the queries whose
+   window holds each key, so nothing is scattered). A unit (image, head) first copies q, v (and g)
+   into rows transposed to (row, channel, column), zero-padded by rx columns on the left and
+   rx + 8 on the right: a window offset dx is then the vector at column j0 + dx, keys off the map
+   read zeros, and no edge needs its own loop. */
+/* XT[y][c][rx + x] = x[b, y, x, n, c] for x < W, zero elsewhere (rows XP long) */
+static void wl_transpose(float *restrict XT, const float *restrict x, const int64_t *xs, int64_t b,
+                         int64_t n, int64_t H, int64_t W, int64_t C, int64_t rx, int64_t XP) {
+    memset(XT, 0, sizeof(float) * H * C * XP);
+    for (int64_t y = 0; y < H; ++y) {
+        const float *row = x + b * xs[0] + y * xs[1] + n * xs[3];
+        float *dst = XT + y * C * XP + rx;
+        int64_t x0 = 0;
+#ifdef LANE_SHUFFLES
+        if (C % 8 == 0)
+            for (; x0 + 8 <= W; x0 += 8)
+                for (int64_t c0 = 0; c0 < C; c0 += 8) {
+                    const float *src[8];
+                    float *out[8];
+                    for (int j = 0; j < 8; ++j) src[j] = row + (x0 + j) * xs[2] + c0;
+                    for (int t = 0; t < 8; ++t) out[t] = dst + (c0 + t) * XP + x0;
+                    transpose8(src, out);
+                }
+        else if (C == 4)
+            for (; x0 + 8 <= W; x0 += 8) {
+                lv_t in[4], out[4];
+                for (int j = 0; j < 4; ++j) in[j] = pair4(row + (x0 + j) * xs[2], row + (x0 + j + 4) * xs[2]);
+                transpose4(in, out);
+                for (int c = 0; c < 4; ++c) *(k8_t *)(dst + c * XP + x0) = out[c];
+            }
+#endif
+        for (; x0 < W; ++x0)
+            for (int64_t c = 0; c < C; ++c) dst[c * XP + x0] = row[x0 * xs[2] + c];
+    }
+}
+/* x[t * ps + c] = A[c][t] for t < cnt: cnt <= 8 pixels (ps apart) of C channels from C lane vectors */
+static inline void wl_store(float *restrict x, int64_t ps, const lv_t *A, int64_t C, int64_t cnt) {
+#ifdef LANE_SHUFFLES
+    if (cnt == 8 && C % 8 == 0) {
+        for (int64_t c0 = 0; c0 < C; c0 += 8) {
+            const float *src[8];
+            float *dst[8];
+            for (int t = 0; t < 8; ++t) src[t] = (const float *)(A + c0 + t);
+            for (int j = 0; j < 8; ++j) dst[j] = x + j * ps + c0;
+            transpose8(src, dst);
+        }
+        return;
+    }
+    if (cnt == 8 && C == 4) {
+        lv_t out[4];
+        transpose4(A, out);
+        for (int j = 0; j < 4; ++j) {
+            *(k4_t *)(x + j * ps) = SHUF(out[j], out[j], 0, 1, 2, 3);
+            *(k4_t *)(x + (j + 4) * ps) = SHUF(out[j], out[j], 4, 5, 6, 7);
+        }
+        return;
+    }
+#endif
+    for (int64_t t = 0; t < cnt; ++t)
+        for (int64_t c = 0; c < C; ++c) x[t * ps + c] = A[c][t];
+}
+
+#define WLANE_KERNELS(DD)                                                                          \
+int wlane_fwd_##DD(const float *q, const int64_t *qs, const float *v, const int64_t *vs,           \
+                   const float *R, float *out, int64_t B, int64_t H, int64_t W, int64_t N,         \
+                   int64_t DK0, int64_t D0, int64_t ry, int64_t rx, int64_t nt, int64_t u0,        \
+                   int64_t u1) {                                                                   \
+    enum { DK = DD, D = DD };                                                                      \
+    const int64_t KX = 2 * rx + 1, KK = (2 * ry + 1) * KX, XP = W + 2 * rx + 8;                    \
+    int failed = 0;                                                                                \
+    (void)B; (void)DK0; (void)D0;                                                                  \
+    _Pragma("omp parallel num_threads(nt)")                                                        \
+    {                                                                                              \
+        float *buf = NULL;                                                                         \
+        if (posix_memalign((void **)&buf, 64, sizeof(float) * H * (DK + D) * XP)) { buf = NULL; failed = 1; } \
+        float *QT = buf, *VT = buf ? buf + H * DK * XP : NULL;                                     \
+        _Pragma("omp for schedule(static)")                                                        \
+        for (int64_t u = u0; u < u1; ++u) {                                                        \
+            if (!buf) continue;                                                                    \
+            const int64_t b = u / N, n = u % N;                                                    \
+            const float *Rn = R + n * KK * DK;                                                     \
+            wl_transpose(QT, q, qs, b, n, H, W, DK, rx, XP);                                       \
+            wl_transpose(VT, v, vs, b, n, H, W, D, rx, XP);                                        \
+            for (int64_t i = 0; i < H; ++i) {                                                      \
+                const int64_t y0 = MAX(0, ry - i), y1 = MIN(2 * ry + 1, H + ry - i);               \
+                for (int64_t j0 = 0; j0 < W; j0 += 8) {                                            \
+                    lv_t qv[DK], acc[2][D];                                                        \
+                    for (int k = 0; k < DK; ++k) qv[k] = *(const k8_t *)(QT + (i * DK + k) * XP + rx + j0); \
+                    for (int e = 0; e < D; ++e) acc[0][e] = acc[1][e] = (lv_t){0};                 \
+                    for (int64_t dy = y0; dy < y1; ++dy) {                                         \
+                        const float *vrow = VT + (i + dy - ry) * D * XP + j0;                      \
+                        const float *Rd = Rn + dy * KX * DK;                                       \
+                        for (int64_t dx = 0; dx < KX; ++dx) {                                      \
+                            lv_t l = (lv_t){0};                                                    \
+                            for (int k = 0; k < DK; ++k) l += qv[k] * Rd[dx * DK + k];             \
+                            lv_t *a = acc[dx & 1];                                                 \
+                            for (int e = 0; e < D; ++e) a[e] += l * *(const k8_t *)(vrow + e * XP + dx); \
+                        }                                                                          \
+                    }                                                                              \
+                    for (int e = 0; e < D; ++e) acc[0][e] += acc[1][e];                            \
+                    wl_store(out + (((b * H + i) * W + j0) * N + n) * D, N * D, acc[0], D, MIN(8, W - j0)); \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        free(buf);                                                                                 \
+    }                                                                                              \
+    return failed;                                                                                 \
+}                                                                                                  \
+/* Backward: d_q and the offsets' gradient per query block (lanes = queries; the offsets' gradient */ \
+/* summed in lane vectors, then across lanes once per unit), then d_v per key block (lanes = keys), */ \
+/* each key gathering over the queries whose window holds it. */                                  \
+int wlane_bwd_##DD(const float *q, const int64_t *qs, const float *v, const int64_t *vs,           \
+                   const float *R, const float *RT, const float *g, float *dq, float *dv,          \
+                   float *dR, int64_t B, int64_t H, int64_t W, int64_t N, int64_t DK0, int64_t D0, \
+                   int64_t ry, int64_t rx, int64_t nt, int64_t u0, int64_t u1, int64_t slot0) {    \
+    enum { DK = DD, D = DD };                                                                      \
+    const int64_t KX = 2 * rx + 1, KY = 2 * ry + 1, KK = KY * KX, XP = W + 2 * rx + 8;             \
+    const int64_t gs[4] = {H * W * N * D, W * N * D, N * D, D};                                    \
+    int failed = 0;                                                                                \
+    (void)B; (void)DK0; (void)D0; (void)RT;                                                        \
+    _Pragma("omp parallel num_threads(nt)")                                                        \
+    {                                                                                              \
+        float *buf = NULL;                                                                         \
+        const int64_t nT = (H * (DK + 2 * D) * XP + 15) & ~(int64_t)15; /* dRL: whole vectors */  \
+        if (posix_memalign((void **)&buf, 64, sizeof(float) * (nT + KK * DK * 8))) { buf = NULL; failed = 1; } \
+        float *QT = buf, *VT = buf ? QT + H * DK * XP : NULL, *GT = buf ? VT + H * D * XP : NULL;  \
+        lv_t *dRL = buf ? (lv_t *)(buf + nT) : NULL;                                               \
+        float *dRp = dR + (slot0 + THREAD_ID()) * N * KK * DK;                                     \
+        _Pragma("omp for schedule(static)")                                                        \
+        for (int64_t u = u0; u < u1; ++u) {                                                        \
+            if (!buf) continue;                                                                    \
+            const int64_t b = u / N, n = u % N;                                                    \
+            const float *Rn = R + n * KK * DK;                                                     \
+            wl_transpose(QT, q, qs, b, n, H, W, DK, rx, XP);                                       \
+            wl_transpose(VT, v, vs, b, n, H, W, D, rx, XP);                                        \
+            wl_transpose(GT, g, gs, b, n, H, W, D, rx, XP);                                        \
+            memset(dRL, 0, sizeof(lv_t) * KK * DK);                                                \
+            for (int64_t i = 0; i < H; ++i) { /* d_q, d_offsets: lanes are queries (i, j0 + t) */ \
+                const int64_t y0 = MAX(0, ry - i), y1 = MIN(KY, H + ry - i);                       \
+                for (int64_t j0 = 0; j0 < W; j0 += 8) {                                            \
+                    lv_t qv[DK], gv[D], dqa[DK];                                                   \
+                    for (int k = 0; k < DK; ++k) {                                                 \
+                        qv[k] = *(const k8_t *)(QT + (i * DK + k) * XP + rx + j0);                 \
+                        dqa[k] = (lv_t){0};                                                        \
+                    }                                                                              \
+                    for (int e = 0; e < D; ++e) gv[e] = *(const k8_t *)(GT + (i * D + e) * XP + rx + j0); \
+                    for (int64_t dy = y0; dy < y1; ++dy) {                                         \
+                        const float *vrow = VT + (i + dy - ry) * D * XP + j0;                      \
+                        const float *Rd = Rn + dy * KX * DK;                                       \
+                        lv_t *dRd = dRL + dy * KX * DK;                                            \
+                        for (int64_t dx = 0; dx < KX; ++dx) {                                      \
+                            lv_t dl = (lv_t){0};                                                   \
+                            for (int e = 0; e < D; ++e) dl += gv[e] * *(const k8_t *)(vrow + e * XP + dx); \
+                            for (int k = 0; k < DK; ++k) {                                         \
+                                dqa[k] += dl * Rd[dx * DK + k];                                    \
+                                dRd[dx * DK + k] += dl * qv[k];                                    \
+                            }                                                                      \
+                        }                                                                          \
+                    }                                                                              \
+                    wl_store(dq + (((b * H + i) * W + j0) * N + n) * DK, N * DK, dqa, DK, MIN(8, W - j0)); \
+                }                                                                                  \
+            }                                                                                      \
+            for (int64_t y = 0; y < H; ++y) { /* d_v: lanes are keys (y, x0 + t) */               \
+                /* queries i = y - dy + ry on the map */                                           \
+                const int64_t dy0 = MAX(0, y + ry - (H - 1)), dy1 = MIN(KY, y + ry + 1);           \
+                for (int64_t x0 = 0; x0 < W; x0 += 8) {                                            \
+                    lv_t dva[2][D];                                                                \
+                    for (int e = 0; e < D; ++e) dva[0][e] = dva[1][e] = (lv_t){0};                 \
+                    for (int64_t dy = dy0; dy < dy1; ++dy) {                                       \
+                        const int64_t i = y - dy + ry;                                             \
+                        /* query column j = x - dx + rx sits at column rx + j of the copies */    \
+                        const float *qrow = QT + i * DK * XP + x0 + 2 * rx;                        \
+                        const float *grow = GT + i * D * XP + x0 + 2 * rx;                         \
+                        const float *Rd = Rn + dy * KX * DK;                                       \
+                        for (int64_t dx = 0; dx < KX; ++dx) {                                      \
+                            lv_t l = (lv_t){0};                                                    \
+                            for (int k = 0; k < DK; ++k) l += *(const k8_t *)(qrow + k * XP - dx) * Rd[dx * DK + k]; \
+                            lv_t *a = dva[dx & 1];                                                 \
+                            for (int e = 0; e < D; ++e) a[e] += l * *(const k8_t *)(grow + e * XP - dx); \
+                        }                                                                          \
+                    }                                                                              \
+                    for (int e = 0; e < D; ++e) dva[0][e] += dva[1][e];                            \
+                    wl_store(dv + (((b * H + y) * W + x0) * N + n) * D, N * D, dva[0], D, MIN(8, W - x0)); \
+                }                                                                                  \
+            }                                                                                      \
+            for (int64_t kk = 0; kk < KK * DK; ++kk) { /* the offsets' gradient, summed over lanes */ \
+                float s = 0;                                                                       \
+                for (int t = 0; t < 8; ++t) s += dRL[kk][t];                                       \
+                dRp[n * KK * DK + kk] += s;                                                        \
+            }                                                                                      \
+        }                                                                                          \
+        free(buf);                                                                                 \
+    }                                                                                              \
+    return failed;                                                                                 \
+}
+
+WLANE_KERNELS(4)
+WLANE_KERNELS(8)
+
 FUSED_KERNELS(float, f32, 0)
 FUSED_KERNELS(float, f32, 4)
 FUSED_KERNELS(float, f32, 8)
@@ -318,6 +524,10 @@ WINDOW_KERNELS(double, f64, 0)
 """
 
 _VARIANTS = ("f32_0", "f32_4", "f32_8", "f32_16", "f32_32", "f32_64", "f64_0")
+# d_k = d_v of the lane kernels (must match the instantiations above). At 16 channels they measured
+# no faster (the accumulators no longer fit in registers), nor on maps narrower than a vector.
+LANE_WIDTHS = (4, 8)
+LANE_MIN_WIDTH = 8
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -330,6 +540,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         # q, qs, v, vs, RT, out, B, H, W, N, DK, D, ry, rx, nt, u0, u1
         fwd.argtypes = [ptr, strides, ptr, strides, ptr, ptr] + [i64] * 8 + [i64, i64, i64]
         # q, qs, v, vs, R, RT, g, dq, dv, dR, B, H, W, N, DK, D, ry, rx, nt, u0, u1, slot0
+        bwd.argtypes = [ptr, strides, ptr, strides, ptr, ptr, ptr, ptr, ptr, ptr] + [i64] * 8 + [i64] * 4
+        fwd.restype = bwd.restype = ctypes.c_int
+    for width in LANE_WIDTHS:  # the same arguments, with the offsets (N, K, d_k) in place of RT
+        fwd, bwd = getattr(lib, f"wlane_fwd_{width}"), getattr(lib, f"wlane_bwd_{width}")
+        fwd.argtypes = [ptr, strides, ptr, strides, ptr, ptr] + [i64] * 8 + [i64, i64, i64]
         bwd.argtypes = [ptr, strides, ptr, strides, ptr, ptr, ptr, ptr, ptr, ptr] + [i64] * 8 + [i64] * 4
         fwd.restype = bwd.restype = ctypes.c_int
 
@@ -585,10 +800,22 @@ def fused_usable(*tensors: torch.Tensor) -> bool:
     return KERNEL.usable(*tensors)
 
 
+def lane_width(q: torch.Tensor, v: torch.Tensor) -> int | None:
+    """``d_k`` when the lane kernels run the fused window attention on these operands (float32,
+    ``d_k = d_v`` one of ``LANE_WIDTHS``, maps at least ``LANE_MIN_WIDTH`` wide), else ``None``."""
+    d_k = q.shape[-1]
+    usable = q.dtype == torch.float32 and d_k == v.shape[-1] and d_k in LANE_WIDTHS
+    return d_k if usable and v.shape[2] >= LANE_MIN_WIDTH else None
+
+
 def _call(name: str, q: torch.Tensor, v: torch.Tensor, units: int, *args, slots: bool = False,
-          threads: int | None = None) -> None:
+          threads: int | None = None, lane: int | None = None) -> None:
     """The fused kernel ``name`` for ``q``/``v``'s dtype, specialised to their channel count when
-    ``d_k == d_v`` is one of the compiled widths (the loops over channels then unroll)."""
+    ``d_k == d_v`` is one of the compiled widths (the loops over channels then unroll); with
+    ``lane``, its lane kernel of that width."""
+    if lane:
+        KERNEL.call(f"{name.replace('wattn', 'wlane')}_{lane}", units, *args, slots=slots, threads=threads)
+        return
     variant = "f64_0" if v.dtype == torch.float64 else f"f32_{v.shape[-1]}"
     if q.shape[-1] != v.shape[-1] or variant not in _VARIANTS:
         variant = "f64_0" if v.dtype == torch.float64 else "f32_0"
@@ -602,9 +829,10 @@ def _window_attention_op(q: torch.Tensor, v: torch.Tensor, rel: torch.Tensor, ry
     b, h, w, n, d = v.shape
     out = torch.empty(b, h, w, n, d, dtype=v.dtype, device=v.device)
     if out.numel():
-        table_t = _transposed_table(rel)
+        lane = lane_width(q, v)
+        table = rel.contiguous() if lane else _transposed_table(rel)  # lane kernels: (N, K, d_k)
         _call("wattn_fwd", q, v, b * n, q.data_ptr(), _strides4(q), v.data_ptr(), _strides4(v),
-              table_t.data_ptr(), out.data_ptr(), b, h, w, n, q.shape[-1], d, ry, rx)
+              table.data_ptr(), out.data_ptr(), b, h, w, n, q.shape[-1], d, ry, rx, lane=lane)
     return out
 
 
@@ -630,7 +858,7 @@ def _window_attention_backward_op(
     partial = rel.new_zeros(slots, *rel.shape)
     _call("wattn_bwd", q, v, b * n, q.data_ptr(), _strides4(q), v.data_ptr(), _strides4(v), table.data_ptr(),
           table_t.data_ptr(), grad.data_ptr(), dq.data_ptr(), dv.data_ptr(), partial.data_ptr(),
-          b, h, w, n, d_k, d, ry, rx, slots=True, threads=slots)
+          b, h, w, n, d_k, d, ry, rx, slots=True, threads=slots, lane=lane_width(q, v))
     return dq, dv, partial[0] if slots == 1 else partial.sum(0)
 
 
