@@ -215,7 +215,10 @@ def _content_attention_macs(inputs: list[Any], outputs: list[Any]) -> Counter[st
 
 # Fused operators that run uncounted work inside: listed in ``uncounted`` as the unfused path's own
 # operators would be, so the convention names the same operators whichever path ran.
-_FUSED_UNCOUNTED = {"gsa_search::content_attention": ("aten::softmax",)}
+_FUSED_UNCOUNTED = {
+    "gsa_search::content_attention": ("aten::softmax",),
+    "prim::PythonOp._ContentAttention": ("aten::softmax",),  # its autograd function, as traced
+}
 
 
 def _projection_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
@@ -243,6 +246,7 @@ def _fvcore_handles() -> dict[str, Callable[[list[Any], list[Any]], Any]]:
         "gsa_search::window_sum": _window_sum_macs,
         "gsa_search::window_attention": _window_attention_macs,
         "gsa_search::content_attention": _content_attention_macs,
+        "prim::PythonOp._ContentAttention": _content_attention_macs,
     }
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["LANE_TRANSPOSES", "NativeKernel", "native_enabled"]
+__all__ = ["LANE_TRANSPOSES", "NativeKernel", "eager", "native_enabled"]
 
 # -ffp-contract=fast: let the compiler fuse multiply-adds where the CPU flags allow them
 FLAGS = ["-O3", "-std=gnu99", "-ffp-contract=fast", "-fopenmp-simd", "-shared", "-fPIC"]
@@ -96,6 +96,13 @@ INLINE void transpose4(const lv_t *in, lv_t *out) {
 }
 #endif
 """
+
+
+def eager() -> bool:
+    """Plain eager execution: no dispatch mode (FLOP counter, fake tensors) and no compilation, so
+    the kernels' custom operators (about 25 us of dispatch a call, more with their autograd
+    wrappers) can be skipped and the kernels called directly."""
+    return not torch._C._len_torch_dispatch_stack() and not torch.compiler.is_compiling()
 
 
 def native_enabled() -> bool:

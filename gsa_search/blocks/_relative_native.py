@@ -51,7 +51,7 @@ from typing import Any, Optional
 import torch
 from torch.nn import functional as F
 
-from ._native import LANE_TRANSPOSES, NativeKernel
+from ._native import LANE_TRANSPOSES, NativeKernel, eager
 
 __all__ = ["native_available", "relative_axis_native", "relative_axis_native_backward"]
 
@@ -972,17 +972,11 @@ def _(qt, v, emb, grad, transpose_out):  # type: ignore[no-untyped-def]
     return empty_in_memory_order(qt), empty_in_memory_order(v), torch.empty_like(emb)
 
 
-def _eager() -> bool:
-    """Plain eager execution: no dispatch mode (FLOP counter, fake tensors) and no compilation, so
-    the operators' dispatch (about 25 us a call) can be skipped."""
-    return not torch._C._len_torch_dispatch_stack() and not torch.compiler.is_compiling()
-
-
 def forward(
     qt: torch.Tensor, v: torch.Tensor, emb: torch.Tensor, transpose_out: bool, out_order: list[int] | None = None
 ) -> torch.Tensor:
     """:func:`relative_axis`, through the dispatcher only where something may be watching it."""
-    if _eager():
+    if eager():
         _check(qt, v, emb)
         return relative_axis_native(qt, v, emb, transpose_out, out_order)
     return relative_axis(qt, v, emb, transpose_out, out_order)
@@ -992,7 +986,7 @@ def backward(
     qt: torch.Tensor, v: torch.Tensor, emb: torch.Tensor, grad: torch.Tensor, transpose_out: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`relative_axis_backward`, through the dispatcher only where something may be watching it."""
-    if _eager() and tuple(grad.shape) == output_shape(qt, v, transpose_out) and grad.dtype == qt.dtype:
+    if eager() and tuple(grad.shape) == output_shape(qt, v, transpose_out) and grad.dtype == qt.dtype:
         _check(qt, v, emb)
         return relative_axis_native_backward(qt, v, emb, grad, transpose_out)
     return relative_axis_backward(qt, v, emb, grad, transpose_out)
