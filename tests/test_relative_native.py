@@ -250,6 +250,8 @@ LANE_SHAPES = [  # n, L, S, L_a, d_k, d_v: all run the lane kernel
     (3, 8, 3, 64, 8, 8),  # S < 8: no full unit; L_a * d at the tile limit
     (2, 9, 3, 20, 16, 16),
     (1, 17, 9, 32, 16, 16),  # L_a * d at the tile limit
+    (2, 5, 19, 9, 32, 32),
+    (1, 16, 8, 16, 32, 32),  # L_a * d at the tile limit
 ]
 
 
@@ -324,13 +326,13 @@ def test_lane_width_dispatch(native):
         qt, v, _ = _inputs(1, 3, 5, keys, d_k, d_v or d_k, dtype=dtype)
         return _relative_native.lane_width(qt, v)
 
-    assert _relative_native.LANE_WIDTHS == (4, 8, 16) and _relative_native.LANE_MAX_TILE == 512
-    assert [width(7, d) for d in (4, 8, 16)] == [4, 8, 16]
-    assert width(64, 8) == 8  # L_a * d = 512, the limit
+    assert _relative_native.LANE_WIDTHS == (4, 8, 16, 32) and _relative_native.LANE_MAX_TILE == 512
+    assert [width(7, d) for d in (4, 8, 16, 32)] == [4, 8, 16, 32]
+    assert width(64, 8) == 8 and width(16, 32) == 32  # L_a * d = 512, the limit
     assert width(7, 8, dtype=torch.float64) is None
     assert width(7, 8, 4) is None and width(7, 4, 8) is None  # d_k != d_v
-    assert width(7, 32) is None and width(7, 5) is None
-    assert width(64, 16) is None and width(129, 4) is None  # tile past LANE_MAX_TILE
+    assert width(7, 64) is None and width(7, 5) is None
+    assert width(64, 16) is None and width(129, 4) is None and width(17, 32) is None  # tile past LANE_MAX_TILE
 
 
 @pytest.mark.parametrize("d", [4, 16])

@@ -24,7 +24,7 @@ copy) into zero-padded tiles whose widths are whole SIMD vectors, so the inner l
 tiles of GCC vector-extension types with no remainder loops (``d_k``, ``d_v`` and ``L_a`` need not
 be multiples of the vector width). float32 and float64.
 
-**Lane kernels** (float32, ``d_k = d_v`` of 4, 8 or 16, ``L_a * d <= LANE_MAX_TILE``; see
+**Lane kernels** (float32, ``d_k = d_v`` of 4, 8, 16 or 32, ``L_a * d <= LANE_MAX_TILE``; see
 :func:`lane_width`): the same units, but the unit's 8 sequences sit in the 8 lanes of each vector and
 a unit's q, v (and, backward, output-gradient) rows are gathered once into lane-major tiles (8 x 8
 or 8 x 4 blocks transposed in registers where channels or positions are contiguous). Every
@@ -34,8 +34,8 @@ embeddings broadcast across lanes), the weighted sum of the values; backward, th
 ``d_logits``, ``d_q`` and ``d_emb`` (rows of ``d_k`` along a vector, summed over the lanes) per
 position and ``d_v`` per block of 8 positions. Measured against the kernel above (batch 64, 4 heads,
 forward + backward of one axial step, 2 threads, alternating): 1.5-1.7x faster at 4 channels per
-head on 16x16 and 32x32 maps, 1.1-1.35x at 8, 1.05-1.2x at 16; even at 64 keys of 16 channels, so
-larger tiles keep the kernel above.
+head on 16x16 and 32x32 maps, 1.1-1.35x at 8, 1.05-1.2x at 16, 1.08x at 32 (8x8 and 4x4 maps,
+whole block); even at 64 keys of 16 channels, so larger tiles keep the kernel above.
 
 Built, cached and run by :mod:`~gsa_search.blocks._native`; wrapped as the custom operators
 ``gsa_search::relative_axis`` and ``gsa_search::relative_axis_backward`` (one op each for FLOP
@@ -425,7 +425,7 @@ int relative_openmp(void) { return 0; }
 int relative_vector_width(int double_precision) { return double_precision ? 4 : 8; }
 """
 
-LANE_WIDTHS = (4, 8, 16)  # d_k = d_v of the lane kernels (must match the instantiations below)
+LANE_WIDTHS = (4, 8, 16, 32)  # d_k = d_v of the lane kernels (must match the instantiations below)
 
 _SOURCE += LANE_TRANSPOSES + r"""
 /* ---- lane kernels (float32): the SB = 8 sequences of a unit in the 8 lanes of one vector ----
@@ -751,6 +751,7 @@ RELATIVE_KERNELS(double, f64, vf64)
 LANE_KERNELS(4, 4)
 LANE_KERNELS(8, 8)
 LANE_KERNELS(16, 16)
+LANE_KERNELS(32, 32)
 """
 
 
