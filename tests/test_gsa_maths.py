@@ -504,6 +504,8 @@ def pos2d_path(request, monkeypatch):
     its compiled CPU kernel, or the window path in plain PyTorch (what CUDA and machines without a C
     compiler run)."""
     monkeypatch.setattr(gsa_module, "WINDOW_COST", math.inf if request.param == "rows" else 0.0)
+    if request.param == "rows":
+        monkeypatch.setattr(gsa_module, "SMALL_WINDOW", 0)
     if request.param == "window-torch":
         monkeypatch.setenv("GSA_SEARCH_NATIVE", "0")
     elif request.param == "window":
@@ -513,12 +515,14 @@ def pos2d_path(request, monkeypatch):
 
 def test_window_path_is_chosen_by_sizes_alone():
     """The algorithm with fewer multiply-adds: local windows read only their keys (also r = 3 on
-    the 8x8 maps of a proxy's third stage, and r = size - 2); global windows use whole rows."""
+    the 8x8 maps of a proxy's third stage, and r = size - 2); global windows use whole rows, unless
+    they have at most 7x7 offsets."""
     assert gsa_module.window_path(32, 32, 3, 3) and gsa_module.window_path(64, 64, 3, 3)
     assert gsa_module.window_path(16, 16, 3, 3) and gsa_module.window_path(32, 32, 7, 7)
     assert gsa_module.window_path(8, 8, 3, 3) and gsa_module.window_path(16, 16, 14, 14)
     assert not gsa_module.window_path(32, 32, 31, 31)  # global
-    assert not gsa_module.window_path(8, 8, 7, 7) and not gsa_module.window_path(4, 4, 3, 3)
+    assert not gsa_module.window_path(8, 8, 7, 7) and not gsa_module.window_path(5, 5, 4, 4)
+    assert gsa_module.window_path(4, 4, 3, 3) and gsa_module.window_path(2, 2, 1, 1)  # global, 7x7 and 3x3
 
 
 @pytest.mark.parametrize("span,h,w,geometry", POS2D_CASES)
@@ -708,6 +712,7 @@ def test_memory_efficient_block_is_the_same_function_and_keeps_no_logits(positio
         pytest.skip("compiled relative-attention kernel unavailable or switched off")
     if positional == "2d":  # the banded rows, whose batched matmuls keep logits (a local window keeps none)
         monkeypatch.setattr(gsa_module, "WINDOW_COST", math.inf)
+        monkeypatch.setattr(gsa_module, "SMALL_WINDOW", 0)
     torch.manual_seed(32)
     fields = dict(dim_value=DV, feature_size=6, positional=positional, rel_span=1 if positional == "2d" else "global")
     plain = _gsa_block(3, HEADS * DV, 1, **fields)
