@@ -526,5 +526,7 @@ class GSABlock(SpatialMixer):
             out = out.view(b, n, d_v, h, w)
         if self.positional is not None:
             p = self.positional(q, v)  # (B, N, d_v, H, W), W innermost
-            out = p if out is None else out + p
+            # in place where the dtypes agree: the content path's output is a fresh tensor its
+            # backward does not read
+            out = p if out is None else out.add_(p) if out.dtype == p.dtype else out + p
         return self.pool(self.proj(out.reshape(b, n * d_v, h, w)))
