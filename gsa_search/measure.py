@@ -183,8 +183,9 @@ def _sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
 
 def _relative_axis_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
     """``blocks._relative.relative_axis_attention(qt, v, emb)``: logits ``N*L_i*S*L_a*d_k`` + weighting
-    ``N*S*L_i*L_a*d_v`` with ``qt (N, L_i, S, d_k)``, ``v (N, S, L_a, d_v)``."""
-    n, length, seqs, d_k = _shape(inputs[0])
+    ``N*S*L_i*L_a*d_v`` with ``qt (N, L_i, S, d_k)`` (or ``(N, L_i, S_hi, S_lo, d_k)``), ``v (N, S, L_a, d_v)``."""
+    q = _shape(inputs[0])
+    n, length, seqs, d_k = q[0], q[1], math.prod(q[2:-1]), q[-1]
     length_a, d_v = _shape(inputs[1])[-2:]
     return Counter({"relative_axis_attention": n * length * seqs * length_a * (d_k + d_v)})
 

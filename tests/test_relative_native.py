@@ -235,6 +235,41 @@ def test_two_sequence_axes_and_an_output_layout(native, monkeypatch, path):
     )
 
 
+@pytest.mark.parametrize("path", ["native", "lane", "bmm"])
+def test_queries_with_two_sequence_axes(native, monkeypatch, path):
+    """The axial block's column step passes the queries as a strided view ``(N, H, B, W, d_k)`` of
+    the channels-last map (no copy): the same results and gradients as the queries copied to
+    ``(N, H, B*W, d_k)``, on each kernel and the batched matmuls; mismatched axes are rejected."""
+    if path == "bmm":
+        monkeypatch.setattr(_relative_native, "usable", lambda *tensors: False)
+    elif path == "native":
+        monkeypatch.setattr(_relative_native, "lane_width", lambda *a: None)
+    b, h, w, n, d = 3, 7, 10, 2, 4
+    g = torch.Generator().manual_seed(12)
+    proj = torch.randn(b, h, w, 2 * n * d + 3, generator=g)
+    emb = torch.randn(n, h, h, d, generator=g)
+    grad = torch.randn(n, b, w, h, d, generator=g)
+    results = []
+    for split in (True, False):
+        leaf = proj.clone().requires_grad_(True)
+        q, v = leaf[..., : n * d].unflatten(-1, (n, d)), leaf[..., n * d : 2 * n * d].unflatten(-1, (n, d))
+        if split:
+            qt = q.permute(3, 1, 0, 2, 4)  # (N, H, B, W, d), a view
+        else:
+            qt = q.transpose(1, 2).reshape(b * w, h, n, d).permute(2, 1, 0, 3)  # (N, H, B*W, d), a copy
+        values = v.permute(3, 0, 2, 1, 4)  # (N, B, W, H, d)
+        e = emb.clone().requires_grad_(True)
+        out = relative_axis_attention(qt, values, e, out_order=[1, 3, 2, 0, 4])
+        results.append((out, *torch.autograd.grad(out, (leaf, e), grad)))
+    if path == "lane":
+        assert _relative_native.lane_width(qt, values) == d
+    for a, c in zip(*results):
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-6)
+    q5 = proj[..., : n * d].unflatten(-1, (n, d)).permute(3, 1, 0, 2, 4)
+    with pytest.raises(ValueError, match="sequence axes"):  # q splits S differently from v
+        relative_axis_attention(q5.transpose(2, 3), values.detach(), emb)
+
+
 def _with_grads(fn, leaves, seed=1):
     """``fn(*leaves)`` and the gradients of the leaves for a random output gradient."""
     out = fn(*leaves)

@@ -151,7 +151,8 @@ def relative_axis_attention(
 
     The values (and so the result) may split the ``S`` sequences into two axes ``(S_hi, S_lo)``
     (e.g. the column step's images and columns, read in place from a channels-last map); the
-    queries keep one. Each sequence's ``L_a`` keys are usually its own ``L`` positions; the 2D path
+    queries may keep one or split them the same way, ``(N, L, S_hi, S_lo, d_k)`` (read in place by
+    the compiled kernel; the batched matmuls copy them where the two axes do not merge). Each sequence's ``L_a`` keys are usually its own ``L`` positions; the 2D path
     gives each row the keys of all the rows in its window instead.
 
     With ``transpose_out`` the result is ``(N, *S, d_v, L)`` instead: positions innermost, the
@@ -165,14 +166,16 @@ def relative_axis_attention(
     seqs = tuple(v.shape[1:-2])
     n, length, d_k = qt.shape[0], qt.shape[1], qt.shape[-1]
     if (
-        qt.dim() != 4
+        qt.dim() not in (4, 5)
         or not 1 <= len(seqs) <= 2
-        or (v.shape[0], math.prod(seqs)) != (n, qt.shape[2])
+        or (v.shape[0], math.prod(seqs)) != (n, math.prod(qt.shape[2:-1]))
+        or (qt.dim() == 5 and tuple(qt.shape[2:-1]) != seqs)
         or tuple(emb.shape) != (n, length, v.shape[-2], d_k)
     ):
         raise ValueError(
             f"relative_axis_attention: shapes q {tuple(qt.shape)}, v {tuple(v.shape)}, emb {tuple(emb.shape)} "
-            "do not fit (N, L, S, d_k), (N, *S, L_a, d_v), (N, L, L_a, d_k) with one or two sequence axes S"
+            "do not fit (N, L, S, d_k), (N, *S, L_a, d_v), (N, L, L_a, d_k) with one or two sequence axes S "
+            "(q may split S as v does)"
         )
     # one dtype throughout, the queries' (under autocast: the projection's lower precision); the
     # casts are outside the function, so autograd returns each gradient in its input's dtype
@@ -181,6 +184,7 @@ def relative_axis_attention(
         return _RelativeAxisAttention.apply(qt, v, emb.contiguous(), transpose_out, recompute, out_order)
     if len(seqs) > 1:  # the batched matmuls take one sequence axis
         v = v.flatten(1, 2)
+    qt = qt.reshape(n, length, -1, d_k)  # a copy where q's two sequence axes do not merge
     qt = qt if _blas_ok(qt[0]) else qt.contiguous()
     v = v if _blas_ok(v[0]) else v.contiguous()
     out = _RelativeAxisAttention.apply(qt, v, emb.contiguous(), transpose_out, recompute, None).unflatten(1, seqs)

@@ -826,7 +826,8 @@ def _tables(emb: torch.Tensor):
 
 def _dims(qt: torch.Tensor, v: torch.Tensor):
     width = _width(qt.dtype)
-    n, length, seqs, d_k = qt.shape
+    n, length, d_k = qt.shape[0], qt.shape[1], qt.shape[-1]
+    seqs = math.prod(qt.shape[2:-1])
     keys, d_v = v.shape[-2:]
     return (ctypes.c_int64 * 10)(
         n, length, seqs, keys, d_k, d_v, _round_up(keys, width), _round_up(d_k, width), _round_up(d_v, width),
@@ -836,11 +837,16 @@ def _dims(qt: torch.Tensor, v: torch.Tensor):
 
 def _check(qt: torch.Tensor, v: torch.Tensor, emb: torch.Tensor) -> None:
     """The shapes the kernel relies on (it reads raw memory), checked in the operators themselves."""
-    if qt.dim() != 4 or not 4 <= v.dim() <= 5 or emb.dim() != 4:
-        raise ValueError("relative_axis: q (N, L, S, d_k), v (N, *S, L_a, d_v), emb (N, L, L_a, d_k) expected, "
-                         "with one or two sequence axes S in v")
-    n, length, seqs, d_k = qt.shape
-    if (v.shape[0], math.prod(_seq_shape(v))) != (n, seqs) or tuple(emb.shape) != (n, length, v.shape[-2], d_k):
+    if not 4 <= qt.dim() <= 5 or not 4 <= v.dim() <= 5 or emb.dim() != 4:
+        raise ValueError("relative_axis: q (N, L, *S, d_k), v (N, *S, L_a, d_v), emb (N, L, L_a, d_k) expected, "
+                         "with one or two sequence axes S in v (and one, or v's two, in q)")
+    n, length, d_k = qt.shape[0], qt.shape[1], qt.shape[-1]
+    seqs = math.prod(qt.shape[2:-1])
+    if (
+        (v.shape[0], math.prod(_seq_shape(v))) != (n, seqs)
+        or (qt.dim() == 5 and tuple(qt.shape[2:-1]) != _seq_shape(v))
+        or tuple(emb.shape) != (n, length, v.shape[-2], d_k)
+    ):
         raise ValueError(
             f"relative_axis: shapes q {tuple(qt.shape)}, v {tuple(v.shape)}, emb {tuple(emb.shape)} "
             "do not fit (N, L, S, d_k), (N, *S, L_a, d_v), (N, L, L_a, d_k)"

@@ -316,9 +316,9 @@ class AxialPositionalAttention(nn.Module):
     """Axial relative positional attention: column step, optional BN, row step (no softmax).
 
     Channels last in: ``q: (B, H, W, N, d_k)``, ``v: (B, H, W, N, d_v)`` (strided views are fine).
-    Returns ``(B, N, d_v, H, W)`` in NCHW memory order: the row step writes it directly. The column step reads v in place (its sequences are the (image, column) pairs: two
-    sequence axes) and q from a ``(B, W, H, N, d_k)`` copy, and writes channels last; the norm
-    between the steps runs on a channels-last view.
+    Returns ``(B, N, d_v, H, W)`` in NCHW memory order: the row step writes it directly. The column
+    step reads q and v in place (its sequences are the (image, column) pairs: two sequence axes) and
+    writes channels last; the norm between the steps runs on a channels-last view.
     """
 
     def __init__(
@@ -345,12 +345,10 @@ class AxialPositionalAttention(nn.Module):
     def forward(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b, h, w, n, d_v = v.shape
         d_k = q.shape[-1]
-        # column step: sequences (b, w) along H; the values are read in place (two sequence axes),
-        # the queries from a (B, W, H, N, d_k) copy; written channels last: (N, B, W, H, d_v) stored
-        # as (B, H, W, N, d_v)
-        q_t = q.transpose(1, 2).contiguous()
+        # column step: sequences (b, w) along H; queries and values are read in place (two
+        # sequence axes); written channels last: (N, B, W, H, d_v) stored as (B, H, W, N, d_v)
         c = relative_axis_attention(
-            _position_major(q_t.view(b * w, h, n, d_k)),  # (N, H, B*W, d_k)
+            q.permute(3, 1, 0, 2, 4),  # (N, H, B, W, d_k)
             v.permute(3, 0, 2, 1, 4),  # (N, B, W, H, d_v)
             self._absolute(self.rel_col, h),
             recompute=self.recompute,
