@@ -136,6 +136,11 @@ LANE_CASES = [
     (2, 5, 20, 2, 4, 2, 0, False),
     (1, 11, 9, 1, 4, 0, 3, True),
     (1, 3, 8, 3, 8, 2, 5, True),  # window wider than the map
+    # the wide kernels (offsets padded to whole vectors per window row)
+    (1, 5, 8, 2, 16, 1, 2, True),
+    (2, 4, 13, 1, 16, 3, 3, False),  # window taller than the map, 5 columns left over
+    (1, 3, 9, 2, 32, 1, 4, True),  # 9 offsets per row: two vectors of offsets
+    (1, 6, 17, 1, 32, 2, 0, False),  # a 5 x 1 window
 ]
 
 
@@ -170,6 +175,8 @@ def test_lane_kernels_match_float64(b, h, w, n, d, ry, rx, strided):
 @pytest.mark.parametrize("b,h,w,n,d,ry,rx,strided", [
     (2, 5, 13, 2, 4, 2, 1, True),
     (1, 6, 16, 3, 8, 1, 3, False),
+    (2, 5, 11, 2, 16, 2, 3, True),
+    (1, 4, 9, 2, 32, 1, 1, False),
 ])
 def test_lane_kernels_match_the_older_fused_kernel(monkeypatch, b, h, w, n, d, ry, rx, strided):
     """Same inputs through ``wlane_*`` and, with ``lane_width`` forced to ``None``, ``wattn_*``."""
@@ -198,8 +205,9 @@ def test_lane_width_dispatch():
         return lane_width(q, v)
 
     assert lane() == 4 and lane(d_k=8) == 8 and lane(w=20, d_k=8) == 8 and lane(w=9) == 4
+    assert lane(d_k=16) == 16 and lane(d_k=32) == 32
     assert lane(dtype=torch.float64) is None and lane(d_k=4, d_v=8) is None and lane(d_k=8, d_v=4) is None
-    assert lane(d_k=16) is None and lane(d_k=5) is None and lane(w=7) is None
+    assert lane(d_k=64) is None and lane(d_k=5) is None and lane(w=7) is None and lane(w=7, d_k=16) is None
 
 
 def test_bad_inputs_are_rejected_with_the_shapes():
