@@ -8,8 +8,9 @@ multiply-add = one FLOP (ResNet-50 at 224x224 = about 4.1 G). ``torch.utils.flop
   operators that do multiply-accumulates: convolutions, linear/addmm, ``matmul``/``mm``/``bmm``
   (with broadcast batch dims, which fvcore's own matmul handle gets wrong), ``einsum`` (exact, for
   any number of operands), ``scaled_dot_product_attention`` and the compiled GSA kernels (custom
-  operators, opaque to the tracer: relative attention, window sum and window attention, content
-  attention, whose inner softmax is listed as uncounted like the unfused path's). Everything else
+  operators or autograd functions, opaque to the tracer: relative attention, window sum and window
+  attention, content attention, whose inner softmax is listed as uncounted like the unfused
+  path's). Everything else
   that runs (batch norm, which folds into the preceding conv at inference, softmax, element-wise
   ops, pooling, gather/index, ...) is **not counted** and is listed with its number of calls in
   ``FlopCount.uncounted``; only pure shape and memory operators (view, reshape, permute, cat, to,

@@ -522,7 +522,9 @@ def test_window_path_is_chosen_by_sizes_alone():
     assert gsa_module.window_path(8, 8, 3, 3) and gsa_module.window_path(16, 16, 14, 14)
     assert not gsa_module.window_path(32, 32, 31, 31)  # global
     assert not gsa_module.window_path(8, 8, 7, 7) and not gsa_module.window_path(5, 5, 4, 4)
-    assert gsa_module.window_path(4, 4, 3, 3) and gsa_module.window_path(2, 2, 1, 1)  # global, 7x7 and 3x3
+    # a global 7x7 or 3x3 window: as many multiply-adds as the rows, small enough for the window
+    assert gsa_module.window_path(4, 4, 3, 3) and gsa_module.window_path(2, 2, 1, 1)
+    assert not gsa_module.window_path(16, 4, 3, 3)  # 7 columns on a 4-wide map: more work than rows
 
 
 @pytest.mark.parametrize("span,h,w,geometry", POS2D_CASES)

@@ -117,3 +117,12 @@ def test_block_flops_see_the_same_pool(kernel, monkeypatch):
         count = count_flops(block, (1, 8, 8, 8))
         counts.append((count.total, count.by_operator, count.uncounted["aten::avg_pool2d"]))
     assert counts[0] == counts[1] and counts[0][2] == 1
+
+
+def test_second_derivatives_raise(kernel):
+    """The kernel's backward is not differentiable again: asking for it fails loudly instead of
+    returning a gradient that silently ignores the pool."""
+    x = torch.randn(1, 2, 4, 4, requires_grad=True)
+    (gx,) = torch.autograd.grad(_pool.avg_pool_2x2(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()

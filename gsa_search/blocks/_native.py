@@ -102,7 +102,8 @@ def eager() -> bool:
     """Plain eager execution: no dispatch mode (FLOP counter, fake tensors) and no compilation, so
     the kernels' custom operators (about 25 us of dispatch a call, more with their autograd
     wrappers) can be skipped and the kernels called directly."""
-    return not torch._C._len_torch_dispatch_stack() and not torch.compiler.is_compiling()
+    # is_compiling first: dynamo cannot trace the dispatch-stack query (a graph break)
+    return not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()
 
 
 def native_enabled() -> bool:

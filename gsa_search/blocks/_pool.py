@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from ._native import NativeKernel, eager
@@ -88,7 +89,9 @@ KERNEL = NativeKernel("pool", _SOURCE, _declare, label="2x2 average pool", used_
 
 def pool_usable(x: torch.Tensor) -> bool:
     """Whether :func:`avg_pool_2x2` runs the kernel on ``x``: a contiguous CPU float32/float64
-    ``(B, C, H, W)`` map in plain eager mode (not traced), kernel built."""
+    ``(B, C, H, W)`` map in plain eager mode (not traced), kernel built. Its backward is not
+    differentiable again (``create_graph`` second derivatives raise); such uses can switch the
+    kernels off with ``GSA_SEARCH_NATIVE=0``."""
     return (
         x.dim() == 4
         and x.is_contiguous()
@@ -115,6 +118,7 @@ class _AvgPool2x2(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # a second derivative raises instead of silently being zero
     def backward(ctx, grad):  # type: ignore[override]
         h, w = ctx.size
         grad = grad.contiguous()

@@ -72,7 +72,7 @@ def _bmm_into(dest: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 class _RelativeAxisAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qt, v, emb, transpose_out: bool, recompute: bool, out_order):  # type: ignore[override]
-        # qt: (N, L_i, S, d_k); v: (N, *S, L_a, d_v) (two sequence axes only on the native path);
+        # qt: (N, L_i, *S, d_k), v: (N, *S, L_a, d_v) (two sequence axes only on the native path);
         # emb: (N, L_i, L_a, d_k)
         ctx.native = _native.usable(qt, v, emb)
         if ctx.native:  # the fused kernel keeps no logits: it forms them again in backward

@@ -380,10 +380,10 @@ class AxialPositionalAttention(nn.Module):
 # for global windows; 2 (this rule's previous value) sent r = 3 on 8x8 maps, where the window has
 # fewer multiply-adds, to the rows.
 WINDOW_COST = 1.0
-# Windows of at most this many offsets (7x7: r <= 3) always read only their window, also where it
-# covers the whole map (r = 3 on 4x4 maps, as many multiply-adds as the rows; the window kernel
-# measured 2.1x faster there): the PyTorch form's loop over the offsets is no longer than for any
-# local r = 3 window.
+# Where both algorithms have as many multiply-adds (windows covering the whole map: r = 3 on a 4x4
+# map), windows of at most this many offsets (7x7) read only their window: the window kernel
+# measured 2.1x faster there, and the PyTorch form's loop over the offsets is no longer than for
+# any local r = 3 window.
 SMALL_WINDOW = 49
 
 
@@ -392,10 +392,10 @@ def window_path(height: int, width: int, ry: int, rx: int) -> bool:
     width`` map key by key (:func:`~gsa_search.blocks._window.window_attention` on CPU, else a logits
     matmul and :func:`~gsa_search.blocks._window.window_sum`; ``(2ry+1)(2rx+1)`` keys per query)
     rather than as banded rows (``(2ry+1) * width`` keys per query, ``ry`` padding rows per image):
-    for windows of at most ``SMALL_WINDOW`` offsets, and when the rows would cost more than
-    ``WINDOW_COST`` times the window's multiply-adds."""
-    small = (2 * ry + 1) * (2 * rx + 1) <= SMALL_WINDOW
-    return small or WINDOW_COST * (2 * rx + 1) * height < width * (height + ry)
+    when the rows would cost more than ``WINDOW_COST`` times the window's multiply-adds, or as much
+    for a window of at most ``SMALL_WINDOW`` offsets."""
+    window, rows = WINDOW_COST * (2 * rx + 1) * height, width * (height + ry)
+    return window < rows or (window == rows and (2 * ry + 1) * (2 * rx + 1) <= SMALL_WINDOW)
 
 
 class Positional2DAttention(nn.Module):
@@ -524,7 +524,5 @@ class GSABlock(SpatialMixer):
             out = out.view(b, n, d_v, h, w)
         if self.positional is not None:
             p = self.positional(q, v)  # (B, N, d_v, H, W), W innermost
-            # in place where the dtypes agree: the content path's output is a fresh tensor its
-            # backward does not read
-            out = p if out is None else out.add_(p) if out.dtype == p.dtype else out + p
+            out = p if out is None else out + p
         return self.pool(self.proj(out.reshape(b, n * d_v, h, w)))
