@@ -152,8 +152,9 @@ def relative_axis_attention(
     The values (and so the result) may split the ``S`` sequences into two axes ``(S_hi, S_lo)``
     (e.g. the column step's images and columns, read in place from a channels-last map); the
     queries may keep one or split them the same way, ``(N, L, S_hi, S_lo, d_k)`` (read in place by
-    the compiled kernel; the batched matmuls copy them where the two axes do not merge). Each sequence's ``L_a`` keys are usually its own ``L`` positions; the 2D path
-    gives each row the keys of all the rows in its window instead.
+    the compiled kernel; the batched matmuls copy them where the two axes do not merge). Each
+    sequence's ``L_a`` keys are usually its own ``L`` positions; the 2D path gives each row the keys
+    of all the rows in its window instead.
 
     With ``transpose_out`` the result is ``(N, *S, d_v, L)`` instead: positions innermost, the
     layout of an NCHW map. The result is contiguous unless ``out_order`` names the order in which
