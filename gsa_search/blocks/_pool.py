@@ -10,9 +10,10 @@ its backward read each window element by element; here each output row is two in
 plane, summed in pairs (vectorised by the compiler), and the backward writes each gradient row pair
 from one pooled row. Measured (batch 64, forward + backward, 2 threads, alternating, against
 ``F.avg_pool2d``): 7.2 -> 0.64 ms on (64, 32, 32, 32) maps, 2.2 -> 0.24 ms on (64, 64, 16, 16),
-1.1 -> 0.22 ms on (64, 128, 8, 8), 0.58 -> 0.20 ms on (64, 256, 4, 4). Used by :class:`~gsa_search.blocks.base.DownsamplePool` for contiguous CPU
-float32/float64 maps in eager mode; traced, compiled, under a dispatch mode (FLOP counters), on CUDA
-or in half precision that module runs ``F.avg_pool2d``, so FLOP counts see the same operator.
+1.1 -> 0.22 ms on (64, 128, 8, 8), 0.58 -> 0.20 ms on (64, 256, 4, 4). Used by
+:class:`~gsa_search.blocks.base.DownsamplePool` for contiguous CPU float32/float64 maps in eager
+mode; traced, compiled, under a dispatch mode (FLOP counters), on CUDA or in half precision that
+module runs ``F.avg_pool2d``, so FLOP counts see the same operator.
 """
 
 from __future__ import annotations
