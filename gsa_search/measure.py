@@ -209,10 +209,11 @@ def _window_attention_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str
 
 def _content_attention_macs(inputs: list[Any], outputs: list[Any]) -> Counter[str]:
     """``blocks._content.content_attention(q, k, v)``, the fused content path: ``K^T V`` and
-    ``G^T Q``, ``2*B*L*N*d_k*d_v`` with ``q (B, L, N, d_k)``, ``v (B, L, N, d_v)`` (booked as the
-    ``bmm`` the unfused path runs, so the breakdown does not depend on which ran)."""
-    q, v = _shape(inputs[0]), _shape(inputs[2])
-    return Counter({"bmm": 2 * math.prod(q) * v[-1]})
+    ``G^T Q``, ``B*(L + L_q)*N*d_k*d_v`` with ``q (B, L_q, N, d_k)``, ``k (B, L, N, d_k)``,
+    ``v (B, L, N, d_v)`` (booked as the ``bmm`` the unfused path runs, so the breakdown does not
+    depend on which ran)."""
+    q, k, v = _shape(inputs[0]), _shape(inputs[1]), _shape(inputs[2])
+    return Counter({"bmm": (math.prod(q) + math.prod(k)) * v[-1]})
 
 
 # Fused operators that run uncounted work inside: listed in ``uncounted`` as the unfused path's own

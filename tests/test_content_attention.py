@@ -100,6 +100,42 @@ def test_gradients_match_the_torch_path(b, length, n, d_k, d_v, strided):
         torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-5)
 
 
+QUERY_CASES = [
+    # b, L (keys), L_q (queries), n, d_k, d_v, strided
+    (2, 64, 16, 4, 8, 8, True),  # a stride-2 block's pooled queries: 8x8 keys, 4x4 queries
+    (3, 25, 9, 2, 4, 4, True),  # 5x5 -> 3x3 (odd map)
+    (2, 20, 33, 2, 16, 16, False),  # more queries than keys
+    (2, 12, 5, 3, 3, 5, True),  # the generic kernel
+    (1, 7, 1, 2, 32, 32, False),  # one query
+]
+
+
+@pytest.mark.parametrize("b,length,queries,n,d_k,d_v,strided", QUERY_CASES)
+def test_queries_need_not_match_the_keys_in_number(b, length, queries, n, d_k, d_v, strided):
+    """``L_q`` queries against ``L`` keys: the output against the float64 reference, and output
+    and gradients against the per-head matmuls."""
+    _, k, v = _inputs(b, length, n, d_k, d_v, strided=strided, seed=13)
+    q, _, _ = _inputs(b, queries, n, d_k, d_v, strided=strided, seed=14)
+    grad = torch.randn(b, n, d_v, queries, generator=torch.Generator().manual_seed(15))
+    results = []
+    for fn in (content_attention, torch_path):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+        out = fn(*leaves)
+        out.backward(grad)
+        results.append([out] + [t.grad for t in leaves])
+    assert results[0][0].shape == (b, n, d_v, queries)
+    torch.testing.assert_close(results[0][0].double(), reference(q, k, v), rtol=1e-5, atol=1e-5)
+    for fused, unfused in zip(*results):
+        torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-5)
+
+
+def test_gradcheck_with_fewer_queries():
+    _, k, v = _inputs(2, 9, 2, 4, 3, dtype=torch.float64, seed=16)
+    q, _, _ = _inputs(2, 4, 2, 4, 3, dtype=torch.float64, seed=17)
+    inputs = tuple(t.requires_grad_(True) for t in (q, k, v))
+    assert torch.autograd.gradcheck(content_attention, inputs, eps=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("length,d_k,d_v", [(7, 3, 2), (9, 4, 4), (5, 8, 8)])
 def test_gradcheck(length, d_k, d_v):
     q, k, v = _inputs(2, length, 2, d_k, d_v, dtype=torch.float64, seed=4)
@@ -144,11 +180,15 @@ def test_thread_counts_agree_bitwise():
 
 def test_bad_inputs_are_rejected_with_the_shapes():
     q, k, v = _inputs(2, 9, 2, 4, 4)
-    with pytest.raises(ValueError, match=r"do not fit \(B, L, N, d_k\)"):
-        content_attention(q, k[:, :8], v)
+    with pytest.raises(ValueError, match=r"do not fit \(B, L_q, N, d_k\), \(B, L, N, d_k\)"):
+        content_attention(q, k[:, :8], v)  # keys and values of different lengths
     with pytest.raises(ValueError, match="do not fit"):
         content_attention(q, k, v[:, :, :1])
-    with pytest.raises(ValueError, match=r"\(B, L, N, d_k\) .* expected"):
+    with pytest.raises(ValueError, match="do not fit"):
+        content_attention(q[..., :3], k, v)  # queries and keys of different widths
+    with pytest.raises(ValueError, match="do not fit"):
+        content_attention(q[:1, :4], k, v)  # queries of another batch
+    with pytest.raises(ValueError, match=r"\(B, L_q, N, d_k\), .* expected"):
         content_attention(q.flatten(2), k, v)
     with pytest.raises(ValueError, match="float32 or float64"):
         content_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
@@ -181,6 +221,22 @@ def test_torch_flop_counter_sees_forward_and_backward():
     with FlopCounterMode(display=False) as counter:  # the PyTorch path counts the same
         torch_path(q, k, v).sum().backward()
     assert counter.get_total_flops() == 6 * macs
+
+
+def test_flop_counter_with_fewer_queries():
+    """``K^T V`` over the ``L`` keys, ``G^T Q`` over the ``L_q`` queries: ``B*(L + L_q)*N*d_k*d_v``
+    multiply-adds, as the per-head matmuls count."""
+    _, k, v = _inputs(2, 12, 3, 6, 5, seed=18)
+    q, _, _ = _inputs(2, 4, 3, 6, 5, seed=19)
+    macs = 2 * (12 + 4) * 3 * 6 * 5
+    for fn in (content_attention, torch_path):
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        with FlopCounterMode(display=False) as counter:
+            out = fn(*leaves)
+        assert counter.get_total_flops() == 2 * macs
+        with FlopCounterMode(display=False) as counter:
+            out.sum().backward()
+        assert counter.get_total_flops() == 4 * macs
 
 
 @pytest.mark.parametrize("stride", [1, 2])

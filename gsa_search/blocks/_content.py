@@ -85,11 +85,12 @@ static inline float exp_f32(float x) {
 
 static inline double exp_f64(double x) { return exp(x); }
 
-/* q: (B, L, N*DK), k: (B, L, N*DK), v: (B, L, N*DV), each with strides (s[0], s[1]) and the
-   channels contiguous; out: (B, N, DV, L) contiguous; stats: per image G (N, DK, DV), then the
-   maxima (N*DK) and the reciprocal sums (N*DK). Units are images b in [u0, u1); each thread keeps
-   one image's queries transposed, (N*DK, LP), so the products over positions run along rows; the
-   row length LP = L + 16 keeps the transposing stores off a single cache set when L is a power of 2. */
+/* q: (B, LQ, N*DK), k: (B, L, N*DK), v: (B, L, N*DV), each with strides (s[0], s[1]) and the
+   channels contiguous (LQ query positions: L, or fewer where the queries were pooled); out:
+   (B, N, DV, LQ) contiguous; stats: per image G (N, DK, DV), then the maxima (N*DK) and the
+   reciprocal sums (N*DK). Units are images b in [u0, u1); each thread keeps one image's queries
+   transposed, (N*DK, LP), so the products over positions run along rows; the row length
+   LP = LQ + 16 keeps the transposing stores off a single cache set when LQ is a power of 2. */
 #define CONTENT_KERNELS(T, S, DD)                                                                  \
 /* per head n: M[n, i, :] += a[n * DK + i] * b[n * DV : (n + 1) * DV] (a rank-1 update per head) */ \
 static inline void rank1_##S##_##DD(T *restrict M, const T *restrict a, const T *restrict b,       \
@@ -124,9 +125,9 @@ static inline void transpose_##S##_##DD(T *restrict MT, const T *restrict M, int
             for (int64_t j = 0; j < DV; ++j) MT[(n * DV + j) * DK + i] = M[(n * DK + i) * DV + j];  \
 }                                                                                                  \
 int content_fwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int64_t *ks,          \
-                           const T *v, const int64_t *vs, T *out, T *stats, int64_t L, int64_t N,  \
-                           int64_t DK0, int64_t DV0, int64_t nt, int64_t u0, int64_t u1) {         \
-    const int64_t DK = DD ? DD : DK0, DV = DD ? DD : DV0, CK = N * DK, GS = N * DK * DV, LP = L + 16; \
+                           const T *v, const int64_t *vs, T *out, T *stats, int64_t L, int64_t LQ, \
+                           int64_t N, int64_t DK0, int64_t DV0, int64_t nt, int64_t u0, int64_t u1) { \
+    const int64_t DK = DD ? DD : DK0, DV = DD ? DD : DV0, CK = N * DK, GS = N * DK * DV, LP = LQ + 16; \
     int failed = 0;                                                                                \
     _Pragma("omp parallel num_threads(nt)")                                                        \
     {                                                                                              \
@@ -150,7 +151,7 @@ int content_fwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int6
             for (int64_t l = 0; l < L; ++l) { /* G[n, i, :] += exp(k[l, n, i] - m) v[l, n, :] */   \
                 const T *restrict kr = kb + l * ks[1], *restrict vr = vb + l * vs[1];              \
                 if (l + AHEAD < L) PREFETCH_ROW(vr + AHEAD * vs[1], N * DV);                       \
-                PREFETCH_ROW(qb + l * qs[1], CK); /* for the last pass */                          \
+                if (l < LQ) PREFETCH_ROW(qb + l * qs[1], CK); /* for the last pass */              \
                 _Pragma("omp simd")                                                                \
                 for (int64_t c = 0; c < CK; ++c) {                                                 \
                     e[c] = exp_##S(kr[c] - m[c]);                                                  \
@@ -163,22 +164,22 @@ int content_fwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int6
                 T *restrict g = G + c * DV;                                                        \
                 for (int64_t j = 0; j < DV; ++j) g[j] *= rs[c];                                    \
             }                                                                                      \
-            for (int64_t l = 0; l < L; ++l) {                                                      \
+            for (int64_t l = 0; l < LQ; ++l) {                                                     \
                 const T *restrict qr = qb + l * qs[1];                                             \
                 for (int64_t c = 0; c < CK; ++c) qT[c * LP + l] = qr[c];                            \
             }                                                                                      \
             for (int64_t n = 0; n < N; ++n) /* out[n, j, :] = sum_i G[n, i, j] q[:, n, i] */       \
                 for (int64_t j = 0; j < DV; ++j) {                                                 \
-                    T *restrict o = out + ((b * N + n) * DV + j) * L;                              \
+                    T *restrict o = out + ((b * N + n) * DV + j) * LQ;                             \
                     const T *restrict q0 = qT + n * DK * LP;                                        \
                     const T g0 = G[n * DK * DV + j];                                               \
                     _Pragma("omp simd")                                                            \
-                    for (int64_t l = 0; l < L; ++l) o[l] = g0 * q0[l];                             \
+                    for (int64_t l = 0; l < LQ; ++l) o[l] = g0 * q0[l];                            \
                     for (int64_t i = 1; i < DK; ++i) {                                             \
                         const T gij = G[(n * DK + i) * DV + j];                                    \
                         const T *restrict qi = q0 + i * LP;                                         \
                         _Pragma("omp simd")                                                        \
-                        for (int64_t l = 0; l < L; ++l) o[l] += gij * qi[l];                       \
+                        for (int64_t l = 0; l < LQ; ++l) o[l] += gij * qi[l];                      \
                     }                                                                              \
                 }                                                                                  \
         }                                                                                          \
@@ -186,18 +187,19 @@ int content_fwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int6
     }                                                                                              \
     return failed;                                                                                 \
 }                                                                                                  \
-/* g: (B, N, DV, L) contiguous; dq, dk: (B, L, N*DK), dv: (B, L, N*DV) contiguous. Each thread keeps
-   one image's output gradient transposed, (L, N*DV), so that every pass runs over positions. */             \
+/* g: (B, N, DV, LQ) contiguous; dq: (B, LQ, N*DK), dk: (B, L, N*DK), dv: (B, L, N*DV) contiguous.
+   Each thread keeps one image's output gradient transposed, (LQ, N*DV), so that every pass runs over
+   positions. */                                                                                   \
 int content_bwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int64_t *ks,          \
                            const T *v, const int64_t *vs, const T *stats, const T *g,             \
-                           T *dq, T *dk, T *dv, int64_t L, int64_t N, int64_t DK0, int64_t DV0,    \
-                           int64_t nt, int64_t u0, int64_t u1) {                                   \
+                           T *dq, T *dk, T *dv, int64_t L, int64_t LQ, int64_t N, int64_t DK0,     \
+                           int64_t DV0, int64_t nt, int64_t u0, int64_t u1) {                      \
     const int64_t DK = DD ? DD : DK0, DV = DD ? DD : DV0;                                          \
     const int64_t CK = N * DK, CV = N * DV, GS = N * DK * DV;                                      \
     int failed = 0;                                                                                \
     _Pragma("omp parallel num_threads(nt)")                                                        \
     {                                                                                              \
-        T *buf = (T *)malloc(sizeof(T) * (3 * GS + 2 * CK + L * CV));                              \
+        T *buf = (T *)malloc(sizeof(T) * (3 * GS + 2 * CK + LQ * CV));                             \
         if (!buf) failed = 1;                                                                      \
         _Pragma("omp for schedule(static)")                                                        \
         for (int64_t b = u0; b < u1; ++b) {                                                        \
@@ -206,21 +208,21 @@ int content_bwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int6
             T *restrict e = GT + GS, *restrict sum = e + CK, *restrict gT = sum + CK;              \
             const T *restrict G = stats + b * (GS + 2 * CK), *restrict m = G + GS, *restrict rs = m + CK; \
             const T *kb = k + b * ks[0], *vb = v + b * vs[0], *qb = q + b * qs[0];                 \
-            const T *gb = g + b * CV * L;                                                          \
-            T *dqb = dq + b * L * CK, *dkb = dk + b * L * CK, *dvb = dv + b * L * CV;              \
+            const T *gb = g + b * CV * LQ;                                                         \
+            T *dqb = dq + b * LQ * CK, *dkb = dk + b * L * CK, *dvb = dv + b * L * CV;             \
             transpose_##S##_##DD(GT, G, N, DK, DV);                                                \
-            for (int64_t l0 = 0; l0 < L; l0 += 16) { /* gT[l, c] = g[c, l], 16 positions at a time */ \
-                const int64_t nl = MIN(16, L - l0);                                                \
+            for (int64_t l0 = 0; l0 < LQ; l0 += 16) { /* gT[l, c] = g[c, l], 16 positions at a time */ \
+                const int64_t nl = MIN(16, LQ - l0);                                               \
                 for (int64_t c = 0; c < CV; ++c) {                                                 \
-                    const T *restrict gr = gb + c * L + l0;                                        \
+                    const T *restrict gr = gb + c * LQ + l0;                                       \
                     for (int64_t t = 0; t < nl; ++t) gT[(l0 + t) * CV + c] = gr[t];                \
                 }                                                                                  \
             }                                                                                      \
             for (int64_t c = 0; c < GS; ++c) dG[c] = 0;                                            \
-            for (int64_t l = 0; l < L; ++l) { /* dG[n, i, :] += q[l, n, i] g[n, :, l]; dq = G g */ \
+            for (int64_t l = 0; l < LQ; ++l) { /* dG[n, i, :] += q[l, n, i] g[n, :, l]; dq = G g */ \
                 const T *restrict qr = qb + l * qs[1], *restrict gr = gT + l * CV;                 \
                 T *restrict dqr = dqb + l * CK;                                                    \
-                if (l + AHEAD < L) PREFETCH_ROW(qr + AHEAD * qs[1], CK);                           \
+                if (l + AHEAD < LQ) PREFETCH_ROW(qr + AHEAD * qs[1], CK);                          \
                 rank1_##S##_##DD(dG, qr, gr, N, DK, DV);                                           \
                 vecmat_##S##_##DD(dqr, gr, GT, N, DV, DK);                                         \
             }                                                                                      \
@@ -268,10 +270,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     i64, ptr, strides = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
     for s in _VARIANTS:
         fwd, bwd = getattr(lib, f"content_fwd_{s}"), getattr(lib, f"content_bwd_{s}")
-        # q, qs, k, ks, v, vs, out, stats, L, N, DK, DV, nt, u0, u1
-        fwd.argtypes = [ptr, strides, ptr, strides, ptr, strides, ptr, ptr] + [i64] * 7
-        # q, qs, k, ks, v, vs, stats, g, dq, dk, dv, L, N, DK, DV, nt, u0, u1
-        bwd.argtypes = [ptr, strides, ptr, strides, ptr, strides, ptr, ptr, ptr, ptr, ptr] + [i64] * 7
+        # q, qs, k, ks, v, vs, out, stats, L, LQ, N, DK, DV, nt, u0, u1
+        fwd.argtypes = [ptr, strides, ptr, strides, ptr, strides, ptr, ptr] + [i64] * 8
+        # q, qs, k, ks, v, vs, stats, g, dq, dk, dv, L, LQ, N, DK, DV, nt, u0, u1
+        bwd.argtypes = [ptr, strides, ptr, strides, ptr, strides, ptr, ptr, ptr, ptr, ptr] + [i64] * 8
         fwd.restype = bwd.restype = ctypes.c_int
 
 
@@ -302,13 +304,13 @@ def _stats_size(n: int, d_k: int, d_v: int) -> int:
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor | None = None) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
-            f"content_attention: queries and keys (B, L, N, d_k) and values (B, L, N, d_v) expected, "
-            f"got {tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}"
+            f"content_attention: queries (B, L_q, N, d_k), keys (B, L, N, d_k) and values (B, L, N, d_v) "
+            f"expected, got {tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}"
         )
-    if q.shape != k.shape or q.shape[:3] != v.shape[:3]:
+    if (q.shape[0], *q.shape[2:]) != (k.shape[0], *k.shape[2:]) or k.shape[:3] != v.shape[:3]:
         raise ValueError(
             f"content_attention: queries {tuple(q.shape)}, keys {tuple(k.shape)} and values "
-            f"{tuple(v.shape)} do not fit (B, L, N, d_k), (B, L, N, d_k), (B, L, N, d_v)"
+            f"{tuple(v.shape)} do not fit (B, L_q, N, d_k), (B, L, N, d_k), (B, L, N, d_v)"
         )
     b, length, n, _ = q.shape
     if grad is not None and tuple(grad.shape) != (b, n, v.shape[-1], length):
@@ -340,9 +342,11 @@ def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.T
     d_v = v.shape[-1]
     out = torch.empty(b, n, d_v, length, dtype=v.dtype, device=v.device)  # the kernel writes all of it
     stats = torch.zeros(b, _stats_size(n, d_k, d_v), dtype=v.dtype, device=v.device)
-    if out.numel():
+    if out.numel() and k.shape[1]:
         _call("content_fwd", q, v, b, q.data_ptr(), _strides2(q), k.data_ptr(), _strides2(k), v.data_ptr(),
-              _strides2(v), out.data_ptr(), stats.data_ptr(), length, n, d_k, d_v)
+              _strides2(v), out.data_ptr(), stats.data_ptr(), k.shape[1], length, n, d_k, d_v)
+    else:  # no keys: G is an empty sum
+        out.zero_()
     return out, stats
 
 
@@ -368,13 +372,14 @@ def _backward_impl(
     d_v = v.shape[-1]
     if tuple(stats.shape) != (b, _stats_size(n, d_k, d_v)) or not stats.is_contiguous():
         raise ValueError(f"content_attention_backward: saved statistics {tuple(stats.shape)} do not fit the inputs")
-    dq, dk = (torch.empty(b, length, n, d_k, dtype=q.dtype, device=q.device) for _ in range(2))
-    dv = torch.empty(b, length, n, d_v, dtype=v.dtype, device=v.device)
-    if not dq.numel():  # no positions (or images): nothing to spread the gradient over
-        return dq, dk, dv
+    dq = torch.empty(b, length, n, d_k, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    if not dq.numel() or not dk.numel():  # no positions (or images): nothing to spread the gradient over
+        return dq.zero_(), dk.zero_(), dv.zero_()
     _call("content_bwd", q, v, b, q.data_ptr(), _strides2(q), k.data_ptr(), _strides2(k), v.data_ptr(),
           _strides2(v), stats.data_ptr(), grad.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-          length, n, d_k, d_v)
+          k.shape[1], length, n, d_k, d_v)
     return dq, dk, dv
 
 
@@ -407,10 +412,10 @@ _content_op.register_autograd(_backward, setup_context=_setup_context)
 def _register_flop_formulas() -> None:
     from torch.utils.flop_counter import flop_registry, register_flop_formula
 
-    # K^T V and G^T Q: 2 * B * N * L * d_k * d_v multiply-adds (torch counts 2 FLOPs each);
+    # K^T V and G^T Q: B * N * (L + L_q) * d_k * d_v multiply-adds (torch counts 2 FLOPs each);
     # the backward does that work twice
     def forward_flops(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
-        return 4 * math.prod(q_shape) * v_shape[-1]
+        return 2 * (math.prod(q_shape) + math.prod(k_shape)) * v_shape[-1]
 
     def backward_flops(q_shape, k_shape, v_shape, *args, **kwargs) -> int:
         return 2 * forward_flops(q_shape, k_shape, v_shape)
@@ -447,9 +452,11 @@ class _ContentAttention(torch.autograd.Function):
 def content_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``out[b, n, :, l] = (softmax_L(k[b, :, n])^T v[b, :, n])^T q[b, l, n]``, one image at a time.
 
-    ``q``, ``k``: ``(B, L, N, d_k)``, ``v``: ``(B, L, N, d_v)`` (strided views whose heads'
-    channels are contiguous are read in place). Returns ``(B, N, d_v, L)``, contiguous (NCHW once
-    ``L`` is unflattened); differentiable in all three. CPU float32/float64 with the compiled kernel
-    only (see :func:`content_usable`).
+    ``q``: ``(B, L_q, N, d_k)``, ``k``: ``(B, L, N, d_k)``, ``v``: ``(B, L, N, d_v)`` (strided views
+    whose heads' channels are contiguous are read in place). The queries may be fewer than the
+    keys: a stride-2 block passes its pooled queries (the output is linear in them, so pooling the
+    queries equals pooling the output). Returns ``(B, N, d_v, L_q)``, contiguous (NCHW once ``L_q``
+    is unflattened); differentiable in all three. CPU float32/float64 with the compiled kernel only
+    (see :func:`content_usable`).
     """
     return _ContentAttention.apply(q, k, v)

@@ -26,7 +26,10 @@ Implementation: the projection returns q, k, v channels last (one batched matmul
 input), which both positional steps and the content path read in place through strided views; the
 relative-attention kernel (``_relative.py``) writes the row step's result in NCHW order, so the
 block needs no transpose at its output. On CPU the content path is one compiled kernel
-(``_content.py``: softmax, ``K^T V`` and ``G^T Q`` for all heads of an image). Local 2D windows
+(``_content.py``: softmax, ``K^T V`` and ``G^T Q`` for all heads of an image). A stride-2 block
+pools the positional path's output, and the content path's queries instead of its output (``G^T Q``
+is linear in Q, so that is the same pool; with ``query_norm`` the output is pooled): ``G^T Q``, the
+sum of the paths and the output projection run at the pooled size. Local 2D windows
 are computed key by key (on CPU by the fused window-attention kernel of ``_window.py``, which
 never stores the logits; elsewhere a logits matmul and the window sum); windows about as wide as
 the map reuse the banded row kernel (:func:`window_path` decides).
@@ -146,7 +149,9 @@ class GSAConfig(BlockConfig):
         return self.feature_size - 1
 
     def flops(self, in_channels: int, out_channels: int, height: int, width: int, *, stride: int = 1) -> int:
-        """``GSABlock.forward``: everything at full resolution, then the (uncounted) 2x2 pool."""
+        """``GSABlock.forward``: the projection and the positional path at full resolution, then the
+        (uncounted) 2x2 pool; at stride 2 the content path's ``G^T Q`` (without ``query_norm``) and
+        the output projection run at the pooled size."""
         n = self.heads
         d_k, d_v = head_dims(
             "gsa",
@@ -157,9 +162,10 @@ class GSAConfig(BlockConfig):
             output_proj=self.output_proj,
         )
         length = height * width
+        pooled = math.ceil(height / 2) * math.ceil(width / 2) if stride == 2 else length
         macs = length * in_channels * (n * d_k * (2 if self.content else 1) + n * d_v)  # qkv projection
-        if self.content:  # ContentAttention: K V^T then G^T Q
-            macs += 2 * n * d_k * d_v * length
+        if self.content:  # ContentAttention: K V^T, then G^T Q (on the pooled queries at stride 2)
+            macs += n * d_k * d_v * (length + (length if self.query_norm else pooled))
         if self.positional == "axial":
             # AxialPositionalAttention: relative_axis_attention along H (S = W sequences of length H),
             # then along W; each costs N * L * axis * (d_k + d_v) whatever the span (dense L x L tables).
@@ -175,7 +181,7 @@ class GSAConfig(BlockConfig):
             else:
                 macs += n * (height + ry) * width * (2 * ry + 1) * width * (d_k + d_v)
         if self.output_proj:
-            macs += length * n * d_v * out_channels
+            macs += pooled * n * d_v * out_channels
         return macs
 
 
@@ -194,6 +200,15 @@ def relative_to_absolute(rel: torch.Tensor, length: int, span: int) -> torch.Ten
         offsets = nn.functional.pad(rel, (0, 0, reach - span, reach - span))
     # offsets[:, m] is offset m - reach, so out[:, i, a] = offsets[:, a + (reach - i)]
     return offsets.unfold(1, length, 1).flip(1).transpose(2, 3)  # (E, L_i, L_a, d)
+
+
+def pool_positions(t: torch.Tensor) -> torch.Tensor:
+    """The blocks' 2x2 average pool (:func:`~gsa_search.blocks.base.downsample_pool`: ceil sizes,
+    edge windows average their in-map pixels) of a channels-last map ``(B, H, W, *C)``; returns
+    ``(B, ceil(H/2), ceil(W/2), *C)`` with the channels contiguous."""
+    nchw = t.flatten(3).permute(0, 3, 1, 2)  # channels-last strides: the pool keeps that layout
+    pooled = nn.functional.avg_pool2d(nchw, 2, 2, ceil_mode=True, count_include_pad=False)
+    return pooled.permute(0, 2, 3, 1).unflatten(3, t.shape[3:])
 
 
 def one_matmul_weight_grad(channels: int, pixels: int) -> bool:
@@ -518,11 +533,24 @@ class GSABlock(SpatialMixer):
         splits = tuple(c for c in self.split if c)
         q, *k, v = self.qkv(x, splits)  # channels last, (B, H, W, .)
         q, v = q.unflatten(-1, (n, d_k)), v.unflatten(-1, (n, d_v))
+        # The 2x2 pool is linear and acts on positions, so it commutes with everything after the
+        # positional attention (the sum, the 1x1 output projection) and with the content path's
+        # G^T q: a stride-2 block pools the positional output and the content path's queries
+        # (unless query_norm softmaxes them first) and runs the rest at the pooled size.
+        pooled = self.stride == 2
+        ho, wo = ((h + 1) // 2, (w + 1) // 2) if pooled else (h, w)
         out = None
         if self.content is not None:
-            out = self.content(q.flatten(1, 2), k[0].unflatten(-1, (n, d_k)).flatten(1, 2), v.flatten(1, 2))
-            out = out.view(b, n, d_v, h, w)
+            q_c = q
+            if pooled and not cfg.query_norm:
+                q_c = pool_positions(q)
+            out = self.content(q_c.flatten(1, 2), k[0].unflatten(-1, (n, d_k)).flatten(1, 2), v.flatten(1, 2))
+            if q_c is q and pooled:  # query_norm: pooled after the whole path
+                out = self.pool(out.view(b, n * d_v, h, w))
+            out = out.view(b, n, d_v, ho, wo)
         if self.positional is not None:
             p = self.positional(q, v)  # (B, N, d_v, H, W), W innermost
+            if pooled:
+                p = self.pool(p.reshape(b, n * d_v, h, w)).view(b, n, d_v, ho, wo)
             out = p if out is None else out + p
-        return self.pool(self.proj(out.reshape(b, n * d_v, h, w)))
+        return self.proj(out.reshape(b, n * d_v, ho, wo))
