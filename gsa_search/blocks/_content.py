@@ -25,6 +25,16 @@ at once, reading q, k, v in place from the projection's channels-last output:
   per-channel sum ``sum_l ks * d ks``. The rows of q, k and v, strided slices of wider pixels, are
   prefetched a few positions ahead.
 
+Heads of 8, 16 or 32 float32 channels run register-blocked versions of the same passes
+(``CONTENT_BLOCKED``): every product is a small matrix product per head, computed over tiles of 32
+positions with a block of 8 vectors of the result in registers, so an operand row is read once per
+tile instead of the whole ``d_k x d_v`` matrix being updated in memory at every position; the
+output gradient is read in place (no transposed copy) and the output tile is transposed in
+registers on its way out. Measured against the kernels above (forward + backward, 2 threads,
+alternating in one process): 1.4x faster at 16 channels on 8x8 and 32x32 maps, 1.95x at 32
+channels, 1.16x at 64x64 with 16; even at 8 channels (memory-bound there); the forward alone
+1.45-3.5x.
+
 ``GSA_SEARCH_NATIVE=0``, CUDA, half precision and ``query_norm=True`` keep the PyTorch path.
 """
 
@@ -35,7 +45,7 @@ import math
 
 import torch
 
-from ._native import NativeKernel, eager
+from ._native import LANE_TRANSPOSES, NativeKernel, eager
 
 __all__ = ["content_attention", "content_usable"]
 
@@ -257,11 +267,230 @@ int content_bwd_##S##_##DD(const T *q, const int64_t *qs, const T *k, const int6
 
 CONTENT_KERNELS(float, f32, 0)
 CONTENT_KERNELS(float, f32, 4)
-CONTENT_KERNELS(float, f32, 8)
-CONTENT_KERNELS(float, f32, 16)
-CONTENT_KERNELS(float, f32, 32)
 CONTENT_KERNELS(double, f64, 0)
 """
+
+# Register-blocked kernels for float32 heads of 8, 16 or 32 channels (d_k = d_v = DD). Every
+# product of the content path is a small matrix product per head; these run them over tiles of
+# TB positions with a block of R rows x DD channels of the result in registers (8 vectors), so a
+# product reads each operand row once per tile instead of updating the whole d_k x d_v matrix in
+# memory at every position. Same passes, same saved statistics as the kernels above.
+_BLOCKED = r'''
+#define INLINE static inline __attribute__((always_inline))
+''' + LANE_TRANSPOSES + r'''
+#define TB 32 /* positions per tile */
+/* the n rows of C channels at p, p + s, ...: their first and last cache lines */
+static inline void prefetch_rows(const float *p, int64_t s, int64_t C, int64_t n) {
+    for (int64_t t = 0; t < n; ++t) PREFETCH_ROW(p + t * s, C);
+}
+/* o[j * os + t] = x[t * C + j] for t < n, j < C (C a multiple of 8): a tile of position rows
+   written to channel rows, 8 x 8 blocks transposed in registers where the compiler can */
+static void store_transposed(float *restrict o, int64_t os, const float *restrict x, int C, int64_t n) {
+    int64_t t0 = 0;
+#ifdef LANE_SHUFFLES
+    for (; t0 + 8 <= n; t0 += 8)
+        for (int c0 = 0; c0 < C; c0 += 8) {
+            const float *src[8];
+            float *dst[8];
+            for (int j = 0; j < 8; ++j) src[j] = x + (t0 + j) * C + c0;
+            for (int t = 0; t < 8; ++t) dst[t] = o + (c0 + t) * os + t0;
+            transpose8(src, dst);
+        }
+#endif
+    for (int j = 0; j < C; ++j)
+        for (int64_t t = t0; t < n; ++t) o[j * os + t] = x[t * C + j];
+}
+typedef float cv8 __attribute__((vector_size(32)));
+typedef float cv8u __attribute__((vector_size(32), aligned(4))); /* unaligned rows */
+#define LOADU(p) (*(const cv8u *)(p))
+#define STOREU(p, x) (*(cv8u *)(p) = (x))
+#define CONTENT_BLOCKED(DD)
+enum { V_##DD = DD / 8, R_##DD = DD == 8 ? 8 : DD == 16 ? 4 : 2 }; /* vectors per row, rows per block */
+/* M[r] (DD) += sum_t a[t * as + r * ar] b[t] over n rows, b[t] = b + t * bs (DD contiguous) */
+static inline void outer_acc_##DD(float *restrict M, const float *restrict a, int64_t as, int64_t ar,
+                                  const float *restrict b, int64_t bs, int64_t n) {
+    enum { V = V_##DD, R = R_##DD };
+    for (int i0 = 0; i0 < DD; i0 += R) {
+        cv8 acc[R][V];
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < V; ++v) acc[r][v] = LOADU(M + (i0 + r) * DD + 8 * v);
+        for (int64_t t = 0; t < n; ++t) {
+            const float *at = a + t * as + i0 * ar, *bt = b + t * bs;
+            cv8 bv[V];
+            for (int v = 0; v < V; ++v) bv[v] = LOADU(bt + 8 * v);
+            for (int r = 0; r < R; ++r) {
+                const float s = at[r * ar];
+                for (int v = 0; v < V; ++v) acc[r][v] += s * bv[v];
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < V; ++v) STOREU(M + (i0 + r) * DD + 8 * v, acc[r][v]);
+    }
+}
+/* out[t] (DD) = sum_k a[t * as + k * ak] B[k] for n rows, out[t] = out + t * os, B (DD x DD) */
+static inline void rows_mm_##DD(float *restrict out, int64_t os, const float *restrict a, int64_t as,
+                                int64_t ak, const float *restrict B, int64_t n) {
+    enum { V = V_##DD, R = R_##DD };
+    int64_t t0 = 0;
+    for (; t0 + R <= n; t0 += R) {
+        cv8 acc[R][V];
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < V; ++v) acc[r][v] = (cv8){0};
+        for (int k = 0; k < DD; ++k) {
+            cv8 bv[V];
+            for (int v = 0; v < V; ++v) bv[v] = LOADU(B + k * DD + 8 * v);
+            for (int r = 0; r < R; ++r) {
+                const float s = a[(t0 + r) * as + k * ak];
+                for (int v = 0; v < V; ++v) acc[r][v] += s * bv[v];
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            for (int v = 0; v < V; ++v) STOREU(out + (t0 + r) * os + 8 * v, acc[r][v]);
+    }
+    for (; t0 < n; ++t0) {
+        cv8 acc[V];
+        for (int v = 0; v < V; ++v) acc[v] = (cv8){0};
+        for (int k = 0; k < DD; ++k) {
+            const float s = a[t0 * as + k * ak];
+            for (int v = 0; v < V; ++v) acc[v] += s * LOADU(B + k * DD + 8 * v);
+        }
+        for (int v = 0; v < V; ++v) STOREU(out + t0 * os + 8 * v, acc[v]);
+    }
+}
+static inline void transpose_blk_##DD(float *restrict MT, const float *restrict M, int64_t N) {
+    for (int64_t n = 0; n < N; ++n)
+        for (int i = 0; i < DD; ++i)
+            for (int j = 0; j < DD; ++j) MT[(n * DD + j) * DD + i] = M[(n * DD + i) * DD + j];
+}
+int content_fwd_f32_##DD(const float *q, const int64_t *qs, const float *k, const int64_t *ks,
+                         const float *v, const int64_t *vs, float *out, float *stats, int64_t L,
+                         int64_t LQ, int64_t N, int64_t DK0, int64_t DV0, int64_t nt, int64_t u0,
+                         int64_t u1) {
+    const int64_t CK = N * DD, GS = N * DD * DD;
+    int failed = 0;
+    _Pragma("omp parallel num_threads(nt)")
+    {
+        float *buf = (float *)malloc(sizeof(float) * (TB * CK + TB * DD));
+        if (!buf) failed = 1;
+        _Pragma("omp for schedule(static)")
+        for (int64_t b = u0; b < u1; ++b) {
+            if (!buf) continue;
+            float *restrict e = buf, *restrict ot = buf + TB * CK;
+            float *restrict G = stats + b * (GS + 2 * CK), *restrict m = G + GS, *restrict rs = m + CK;
+            const float *kb = k + b * ks[0], *vb = v + b * vs[0], *qb = q + b * qs[0];
+            for (int64_t c = 0; c < CK; ++c) m[c] = kb[c];
+            for (int64_t l = 1; l < L; ++l) {
+                const float *restrict kr = kb + l * ks[1];
+                if (l + AHEAD < L) PREFETCH_ROW(kr + AHEAD * ks[1], CK);
+                _Pragma("omp simd")
+                for (int64_t c = 0; c < CK; ++c) m[c] = kr[c] > m[c] ? kr[c] : m[c];
+            }
+            for (int64_t c = 0; c < GS; ++c) G[c] = 0;
+            for (int64_t c = 0; c < CK; ++c) rs[c] = 0;
+            for (int64_t l0 = 0; l0 < L; l0 += TB) { /* G[n] += exp(k - m)^T v over a tile */
+                const int64_t nl = MIN(TB, L - l0);
+                prefetch_rows(kb + (l0 + TB) * ks[1], ks[1], CK, MIN(TB, L - l0 - TB));
+                prefetch_rows(vb + l0 * vs[1], vs[1], CK, nl);
+                for (int64_t t = 0; t < nl; ++t) {
+                    const float *restrict kr = kb + (l0 + t) * ks[1];
+                    float *restrict et = e + t * CK;
+                    _Pragma("omp simd")
+                    for (int64_t c = 0; c < CK; ++c) {
+                        et[c] = exp_f32(kr[c] - m[c]);
+                        rs[c] += et[c];
+                    }
+                }
+                for (int64_t n = 0; n < N; ++n)
+                    outer_acc_##DD(G + n * DD * DD, e + n * DD, CK, 1, vb + l0 * vs[1] + n * DD, vs[1], nl);
+            }
+            for (int64_t c = 0; c < CK; ++c) {
+                rs[c] = 1 / rs[c];
+                float *restrict g = G + c * DD;
+                for (int j = 0; j < DD; ++j) g[j] *= rs[c];
+            }
+            for (int64_t l0 = 0; l0 < LQ; l0 += TB) { /* out[n, j, l] = sum_i q[l, n, i] G[n, i, j] */
+                const int64_t nl = MIN(TB, LQ - l0);
+                prefetch_rows(qb + (l0 + TB) * qs[1], qs[1], CK, MIN(TB, LQ - l0 - TB));
+                for (int64_t n = 0; n < N; ++n) {
+                    rows_mm_##DD(ot, DD, qb + l0 * qs[1] + n * DD, qs[1], 1, G + n * DD * DD, nl);
+                    store_transposed(out + (b * N + n) * DD * LQ + l0, LQ, ot, DD, nl);
+                }
+            }
+        }
+        free(buf);
+    }
+    return failed;
+}
+int content_bwd_f32_##DD(const float *q, const int64_t *qs, const float *k, const int64_t *ks,
+                         const float *v, const int64_t *vs, const float *stats, const float *g,
+                         float *dq, float *dk, float *dv, int64_t L, int64_t LQ, int64_t N, int64_t DK0,
+                         int64_t DV0, int64_t nt, int64_t u0, int64_t u1) {
+    const int64_t CK = N * DD, GS = N * DD * DD;
+    int failed = 0;
+    _Pragma("omp parallel num_threads(nt)")
+    {
+        float *buf = (float *)malloc(sizeof(float) * (3 * GS + CK + TB * CK));
+        if (!buf) failed = 1;
+        _Pragma("omp for schedule(static)")
+        for (int64_t b = u0; b < u1; ++b) {
+            if (!buf) continue;
+            float *restrict dG = buf, *restrict dGT = buf + GS, *restrict GT = dGT + GS;
+            float *restrict sum = GT + GS, *restrict e = sum + CK;
+            const float *restrict G = stats + b * (GS + 2 * CK), *restrict m = G + GS, *restrict rs = m + CK;
+            const float *kb = k + b * ks[0], *vb = v + b * vs[0], *qb = q + b * qs[0];
+            const float *gb = g + b * CK * LQ;
+            float *dqb = dq + b * LQ * CK, *dkb = dk + b * L * CK, *dvb = dv + b * L * CK;
+            transpose_blk_##DD(GT, G, N);
+            for (int64_t c = 0; c < GS; ++c) dGT[c] = 0;
+            for (int64_t l0 = 0; l0 < LQ; l0 += TB) { /* dG[n]^T += g q; dq[l, n] = G[n] g[l, n] */
+                const int64_t nl = MIN(TB, LQ - l0);
+                prefetch_rows(qb + (l0 + TB) * qs[1], qs[1], CK, MIN(TB, LQ - l0 - TB));
+                for (int64_t n = 0; n < N; ++n) {
+                    const float *gn = gb + n * DD * LQ + l0; /* g[n, j, l0 + t] at t + j * LQ */
+                    outer_acc_##DD(dGT + n * DD * DD, gn, 1, LQ, qb + l0 * qs[1] + n * DD, qs[1], nl);
+                    rows_mm_##DD(dqb + l0 * CK + n * DD, CK, gn, 1, LQ, GT + n * DD * DD, nl);
+                }
+            }
+            transpose_blk_##DD(dG, dGT, N);
+            for (int64_t c = 0; c < CK; ++c) sum[c] = 0;
+            for (int64_t l0 = 0; l0 < L; l0 += TB) { /* dv = ks dG, d ks = dG v (kept in dk for now) */
+                const int64_t nl = MIN(TB, L - l0);
+                prefetch_rows(kb + (l0 + TB) * ks[1], ks[1], CK, MIN(TB, L - l0 - TB));
+                prefetch_rows(vb + l0 * vs[1], vs[1], CK, nl);
+                for (int64_t t = 0; t < nl; ++t) {
+                    const float *restrict kr = kb + (l0 + t) * ks[1];
+                    float *restrict et = e + t * CK;
+                    _Pragma("omp simd")
+                    for (int64_t c = 0; c < CK; ++c) et[c] = exp_f32(kr[c] - m[c]) * rs[c];
+                }
+                for (int64_t n = 0; n < N; ++n) {
+                    rows_mm_##DD(dvb + l0 * CK + n * DD, CK, e + n * DD, CK, 1, dG + n * DD * DD, nl);
+                    rows_mm_##DD(dkb + l0 * CK + n * DD, CK, vb + l0 * vs[1] + n * DD, vs[1], 1, dGT + n * DD * DD,
+                                 nl);
+                }
+                for (int64_t t = 0; t < nl; ++t) {
+                    const float *restrict et = e + t * CK, *restrict dkr = dkb + (l0 + t) * CK;
+                    _Pragma("omp simd")
+                    for (int64_t c = 0; c < CK; ++c) sum[c] += et[c] * dkr[c];
+                }
+            }
+            for (int64_t l = 0; l < L; ++l) { /* softmax backward: dk = ks (d ks - sum ks d ks) */
+                const float *restrict kr = kb + l * ks[1];
+                float *restrict dkr = dkb + l * CK;
+                if (l + AHEAD < L) PREFETCH_ROW(kr + AHEAD * ks[1], CK);
+                _Pragma("omp simd")
+                for (int64_t c = 0; c < CK; ++c) dkr[c] = exp_f32(kr[c] - m[c]) * rs[c] * (dkr[c] - sum[c]);
+            }
+        }
+        free(buf);
+    }
+    return failed;
+}
+'''
+# one C macro from the body above: every line but the last continued
+_SOURCE += _BLOCKED.split("#define CONTENT_BLOCKED(DD)\n")[0]
+_SOURCE += "#define CONTENT_BLOCKED(DD) " + " \\\n".join(_BLOCKED.split("#define CONTENT_BLOCKED(DD)\n")[1].rstrip("\n").split("\n")) + "\n"
+_SOURCE += "CONTENT_BLOCKED(8)\nCONTENT_BLOCKED(16)\nCONTENT_BLOCKED(32)\n"
 
 _VARIANTS = ("f32_0", "f32_4", "f32_8", "f32_16", "f32_32", "f64_0")
 
