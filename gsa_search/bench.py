@@ -11,7 +11,8 @@ Every block is timed as a **middle layer**: its input requires grad, so forward 
 includes the input gradient that earlier layers need (``input_grad=False`` times a first layer).
 
 Setup (defaults follow the GSA speed target): batch 8, 64 channels, 4 heads, ``dim_key`` 16,
-forward + backward, float32 on CPU; on CUDA bf16 autocast and batch 64. Candidates: the 3x3 conv,
+forward + backward, float32 on CPU; on CUDA bf16 autocast and batch 64. The process keeps freed
+host memory for reuse, as a training process does (:mod:`~gsa_search.host_memory`). Candidates: the 3x3 conv,
 GSA (content + global axial), its content-only, positional-only and local 2D (r=3) variants,
 explicit attention, full softmax attention (up to ``--mhsa-max-size``, it is quadratic) and, when
 the optional ``gsa-pytorch`` package is installed (``pip install gsa-search[bench]``), its ``GSA``
@@ -34,6 +35,7 @@ from torch import nn
 
 from .blocks import block_config, create_block
 from .device import resolve_device
+from .host_memory import retain_freed_memory
 from .measure import count_flops, count_params
 
 __all__ = ["candidates", "bench_blocks", "bench_ratios", "plot_bench", "time_block"]
@@ -144,6 +146,7 @@ def bench_blocks(
     (each round the best of ``repeats`` runs), after ``warmup`` untimed runs of every block. With
     ``input_grad`` (the default) the input requires grad: each block is timed as a middle layer."""
     dev = resolve_device(device, owner="bench")
+    retain_freed_memory()  # as in a training process (host_memory)
     cuda = dev.type == "cuda"
     batch = batch or (64 if cuda else 8)
     autocast_dtype = torch.bfloat16 if cuda else None

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from .data import load_dataset
 from .device import resolve_device
+from .host_memory import retain_freed_memory
 from .models import build_model, model_config
 from .trainer import DIGITS_IMAGE_SIZE, DIGITS_RECIPE, Recipe, build_optimizer, train
 
@@ -31,6 +32,7 @@ __all__ = ["bare_epoch", "trainer_overhead", "digits_time_to_accuracy", "trainin
 def bare_epoch(model_name: str, data, recipe: Recipe) -> float:
     """Seconds for one epoch of the simplest possible loop over the same model, data and optimiser."""
     device = resolve_device(recipe.device)
+    retain_freed_memory()  # as train() does
     torch.manual_seed(recipe.seed)
     cfg = model_config(model_name).fit_to_data(
         num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size

@@ -52,6 +52,7 @@ from .config import (
     normalize_numbers,
 )
 from .device import resolve_device
+from .host_memory import retain_freed_memory
 from .measure import count_params, model_macs
 from .models import BackboneConfig, build_model, model_config_from_dict
 
@@ -345,6 +346,7 @@ def train(
         True
     """
     recipe = _as_recipe(recipe)
+    retain_freed_memory()  # no page faults on every step's fresh activations (host_memory)
     data = _as_dataset(data, recipe.seed)
     model_cfg = _as_model_config(model_cfg).fit_to_data(
         num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
