@@ -37,7 +37,8 @@ def bare_epoch(model_name: str, data, recipe: Recipe) -> float:
     cfg = model_config(model_name).fit_to_data(
         num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
     )
-    model = build_model(cfg).to(device).train()
+    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format  # as train()
+    model = build_model(cfg).to(device).train().to(memory_format=memory_format)
     optimizer = build_optimizer(model, recipe)
     x, y = data.train_x, data.train_y
     steps = len(x) // recipe.batch_size
@@ -45,7 +46,7 @@ def bare_epoch(model_name: str, data, recipe: Recipe) -> float:
     order = torch.randperm(len(x), device=device)
     for step in range(steps):
         idx = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss = F.cross_entropy(model(x[idx].contiguous(memory_format=memory_format)), y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -84,12 +85,13 @@ def digits_time_to_accuracy(model_name: str = "proxy_gsa_resnet", *, device: str
 
 
 def training_throughput(models: list[str], sizes: list[int], *, rounds: int = 5, batch_size: int = 64,
-                        device: str = "auto") -> list[dict[str, float | int | str]]:
+                        device: str = "auto", channels_last: bool = False) -> list[dict[str, float | int | str]]:
     """Training images/s (forward, backward and AdamW step) of each model on digits at each size,
     one epoch per model per round, the models interleaved within each round; ``time_vs_first`` is
-    the median over rounds of (this model's epoch time / the first model's in the same round)."""
+    the median over rounds of (this model's epoch time / the first model's in the same round).
+    ``channels_last`` trains in that memory format (the recipe option of the same name)."""
     dev = resolve_device(device)
-    recipe = DIGITS_RECIPE.replace(batch_size=batch_size, device=device)
+    recipe = DIGITS_RECIPE.replace(batch_size=batch_size, device=device, channels_last=channels_last)
     rows: list[dict[str, float | int | str]] = []
     for size in sizes:
         data = load_dataset("digits", image_size=size).to(dev)

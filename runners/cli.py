@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
                    help="throughput benchmark: presets to compare, the first is the reference (default proxy_resnet "
                         "proxy_gsa_resnet proxy_gsa_positional proxy_gsa_2d; sizes default 16 32, batch 64)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="throughput benchmark: train in channels-last memory format (the recipe's channels_last)")
     p.add_argument("--skip-accuracy", action="store_true", help="train benchmark: overhead only")
     p.add_argument("--trials", type=_positive_int, default=5, help="search benchmark: trials")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import torch
 import pytest
 
 from gsa_search import bench, bench_train
@@ -70,6 +71,31 @@ def test_training_throughput_compares_models_side_by_side(monkeypatch):
     assert rows[0]["time_vs_first"] == 1.0
     for row in rows:
         assert row["images_per_s"] == pytest.approx((1437 // 64) * 64 / row["epoch_s"])
+
+
+def test_channels_last_throughput_trains_in_that_format(monkeypatch):
+    """``channels_last`` reaches the recipe, the model's weights and every batch."""
+    from gsa_search import models as models_module
+
+    formats = []
+    real_build = bench_train.build_model
+
+    def build(cfg):
+        model = real_build(cfg)
+        stage = model.stages[0]  # 16 channels in: the two formats differ (1-channel images do not)
+        stage.register_forward_pre_hook(
+            lambda module, args: formats.append(
+                (args[0].is_contiguous(memory_format=torch.channels_last),
+                 module[0].mixer.conv.weight.is_contiguous(memory_format=torch.channels_last))))
+        return model
+
+    monkeypatch.setattr(bench_train, "build_model", build)
+    for channels_last in (True, False):
+        formats.clear()
+        bench_train.training_throughput(["proxy_resnet"], [8], rounds=1, batch_size=512, device="cpu",
+                                        channels_last=channels_last)
+        assert formats and set(formats) == {(channels_last, channels_last)}
+    assert models_module.build_model is real_build
 
 
 def test_throughput_command_prints_one_row_per_model_and_size(capsys):
