@@ -25,16 +25,18 @@ import os
 import sys
 import threading
 
-__all__ = ["retain_freed_memory"]
+__all__ = ["retain_freed_memory", "mmap_threshold"]
 
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEEP_BYTES = 1 << 30
-# glibc releases before 2.26 refuse mmap thresholds above HEAP_MAX_SIZE / 2 (32 MiB on 64-bit)
+# older glibc releases refuse mmap thresholds above HEAP_MAX_SIZE / 2 (32 MiB on 64-bit); 2.36
+# accepts 1 GiB
 FALLBACK_MMAP_BYTES = 32 << 20
 
 _lock = threading.Lock()
 _state: bool | None = None
+mmap_threshold: int | None = None  # the mmap threshold set, once in effect (larger blocks are still mapped)
 
 
 def _disabled() -> bool:
@@ -69,6 +71,9 @@ def _apply() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    if not (mallopt(M_MMAP_THRESHOLD, KEEP_BYTES) or mallopt(M_MMAP_THRESHOLD, FALLBACK_MMAP_BYTES)):
-        return False  # nothing changed: glibc keeps its adaptive thresholds
-    return bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
+    global mmap_threshold
+    for size in (KEEP_BYTES, FALLBACK_MMAP_BYTES):
+        if mallopt(M_MMAP_THRESHOLD, size):
+            mmap_threshold = size
+            return bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES))
+    return False  # nothing changed: glibc keeps its adaptive thresholds

@@ -188,6 +188,8 @@ def test_bad_inputs_are_rejected_with_the_shapes():
         content_attention(q[..., :3], k, v)  # queries and keys of different widths
     with pytest.raises(ValueError, match="do not fit"):
         content_attention(q[:1, :4], k, v)  # queries of another batch
+    with pytest.raises(ValueError, match="at least one key and one value channel"):
+        content_attention(q[..., :0], k[..., :0], v)
     with pytest.raises(ValueError, match=r"\(B, L_q, N, d_k\), .* expected"):
         content_attention(q.flatten(2), k, v)
     with pytest.raises(ValueError, match="float32 or float64"):

@@ -389,7 +389,7 @@ int content_fwd_f32_##DD(const float *q, const int64_t *qs, const float *k, cons
             for (int64_t c = 0; c < CK; ++c) rs[c] = 0;
             for (int64_t l0 = 0; l0 < L; l0 += TB) { /* G[n] += exp(k - m)^T v over a tile */
                 const int64_t nl = MIN(TB, L - l0);
-                prefetch_rows(kb + (l0 + TB) * ks[1], ks[1], CK, MIN(TB, L - l0 - TB));
+                if (l0 + TB < L) prefetch_rows(kb + (l0 + TB) * ks[1], ks[1], CK, MIN(TB, L - l0 - TB));
                 prefetch_rows(vb + l0 * vs[1], vs[1], CK, nl);
                 for (int64_t t = 0; t < nl; ++t) {
                     const float *restrict kr = kb + (l0 + t) * ks[1];
@@ -410,7 +410,7 @@ int content_fwd_f32_##DD(const float *q, const int64_t *qs, const float *k, cons
             }
             for (int64_t l0 = 0; l0 < LQ; l0 += TB) { /* out[n, j, l] = sum_i q[l, n, i] G[n, i, j] */
                 const int64_t nl = MIN(TB, LQ - l0);
-                prefetch_rows(qb + (l0 + TB) * qs[1], qs[1], CK, MIN(TB, LQ - l0 - TB));
+                if (l0 + TB < LQ) prefetch_rows(qb + (l0 + TB) * qs[1], qs[1], CK, MIN(TB, LQ - l0 - TB));
                 for (int64_t n = 0; n < N; ++n) {
                     rows_mm_##DD(ot, DD, qb + l0 * qs[1] + n * DD, qs[1], 1, G + n * DD * DD, nl);
                     store_transposed(out + (b * N + n) * DD * LQ + l0, LQ, ot, DD, nl);
@@ -444,7 +444,7 @@ int content_bwd_f32_##DD(const float *q, const int64_t *qs, const float *k, cons
             for (int64_t c = 0; c < GS; ++c) dGT[c] = 0;
             for (int64_t l0 = 0; l0 < LQ; l0 += TB) { /* dG[n]^T += g q; dq[l, n] = G[n] g[l, n] */
                 const int64_t nl = MIN(TB, LQ - l0);
-                prefetch_rows(qb + (l0 + TB) * qs[1], qs[1], CK, MIN(TB, LQ - l0 - TB));
+                if (l0 + TB < LQ) prefetch_rows(qb + (l0 + TB) * qs[1], qs[1], CK, MIN(TB, LQ - l0 - TB));
                 for (int64_t n = 0; n < N; ++n) {
                     const float *gn = gb + n * DD * LQ + l0; /* g[n, j, l0 + t] at t + j * LQ */
                     outer_acc_##DD(dGT + n * DD * DD, gn, 1, LQ, qb + l0 * qs[1] + n * DD, qs[1], nl);
@@ -455,7 +455,7 @@ int content_bwd_f32_##DD(const float *q, const int64_t *qs, const float *k, cons
             for (int64_t c = 0; c < CK; ++c) sum[c] = 0;
             for (int64_t l0 = 0; l0 < L; l0 += TB) { /* dv = ks dG, d ks = dG v (kept in dk for now) */
                 const int64_t nl = MIN(TB, L - l0);
-                prefetch_rows(kb + (l0 + TB) * ks[1], ks[1], CK, MIN(TB, L - l0 - TB));
+                if (l0 + TB < L) prefetch_rows(kb + (l0 + TB) * ks[1], ks[1], CK, MIN(TB, L - l0 - TB));
                 prefetch_rows(vb + l0 * vs[1], vs[1], CK, nl);
                 for (int64_t t = 0; t < nl; ++t) {
                     const float *restrict kr = kb + (l0 + t) * ks[1];
@@ -488,8 +488,8 @@ int content_bwd_f32_##DD(const float *q, const int64_t *qs, const float *k, cons
 }
 '''
 # one C macro from the body above: every line but the last continued
-_SOURCE += _BLOCKED.split("#define CONTENT_BLOCKED(DD)\n")[0]
-_SOURCE += "#define CONTENT_BLOCKED(DD) " + " \\\n".join(_BLOCKED.split("#define CONTENT_BLOCKED(DD)\n")[1].rstrip("\n").split("\n")) + "\n"
+_prelude, _body = _BLOCKED.split("#define CONTENT_BLOCKED(DD)\n")
+_SOURCE += _prelude + "#define CONTENT_BLOCKED(DD) " + " \\\n".join(_body.rstrip("\n").split("\n")) + "\n"
 _SOURCE += "CONTENT_BLOCKED(8)\nCONTENT_BLOCKED(16)\nCONTENT_BLOCKED(32)\n"
 
 _VARIANTS = ("f32_0", "f32_4", "f32_8", "f32_16", "f32_32", "f64_0")
@@ -542,6 +542,9 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Tensor
             f"{tuple(v.shape)} do not fit (B, L_q, N, d_k), (B, L, N, d_k), (B, L, N, d_v)"
         )
     b, length, n, _ = q.shape
+    if not q.shape[-1] or not v.shape[-1]:
+        raise ValueError(f"content_attention: heads need at least one key and one value channel, got "
+                         f"d_k={q.shape[-1]}, d_v={v.shape[-1]}")
     if grad is not None and tuple(grad.shape) != (b, n, v.shape[-1], length):
         raise ValueError(
             f"content_attention: gradient {tuple(grad.shape)} does not match the output {(b, n, v.shape[-1], length)}"

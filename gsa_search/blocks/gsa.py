@@ -290,8 +290,9 @@ class PointwiseProjection(nn.Module):
 class ContentAttention(nn.Module):
     """``F_c = (softmax_HW(K) @ V^T)^T @ Q`` per head, without scaling.
 
-    ``q, k: (B, L, N, d_k)``, ``v: (B, L, N, d_v)`` channels last with ``L = H*W`` (strided views
-    are fine); returns ``(B, N, d_v, L)``, i.e. NCHW. On CPU (float32/float64, without
+    ``q: (B, L_q, N, d_k)``, ``k: (B, L, N, d_k)``, ``v: (B, L, N, d_v)`` channels last with
+    ``L = H*W`` (strided views are fine; a stride-2 block passes pooled queries, ``L_q < L``);
+    returns ``(B, N, d_v, L_q)``, i.e. NCHW. On CPU (float32/float64, without
     ``query_norm``) one compiled kernel computes all heads of an image in place
     (:func:`~gsa_search.blocks._content.content_attention`); elsewhere per-head batched matmuls.
     """
@@ -477,7 +478,9 @@ class Positional2DAttention(nn.Module):
 
 @register_block("gsa", config=GSAConfig)
 class GSABlock(SpatialMixer):
-    """GSA module: ``content(Q, K, V) + positional(Q, V)`` -> optional 1x1 projection -> 2x2 pool."""
+    """GSA module: ``content(Q, K, V) + positional(Q, V)`` -> 2x2 pool -> optional 1x1 projection
+    (at stride 2 the content path gets pooled queries; the pool commutes with the sum and the
+    projection)."""
 
     def __init__(self, cfg: GSAConfig, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__(cfg, in_channels, out_channels, stride)
