@@ -85,18 +85,23 @@ def test_matches_reference(b, length, n, d_k, d_v, strided):
     torch.testing.assert_close(out.double(), reference(q, k, v), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("b,length,n,d_k,d_v,strided", CASES)
-def test_gradients_match_the_torch_path(b, length, n, d_k, d_v, strided):
-    """Output and the gradients of q, k and v, kernel vs per-head matmuls."""
-    q, k, v = _inputs(b, length, n, d_k, d_v, strided=strided, seed=2)
-    grad = torch.randn(b, n, d_v, length, generator=torch.Generator().manual_seed(3))
+def _kernel_and_torch_path(q, k, v, grad):
+    """``[out, dq, dk, dv]`` of the kernel and of the per-head matmuls, for the output gradient ``grad``."""
     results = []
     for fn in (content_attention, torch_path):
         leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
         out = fn(*leaves)
         out.backward(grad)
         results.append([out] + [t.grad for t in leaves])
-    for fused, unfused in zip(*results):
+    return results
+
+
+@pytest.mark.parametrize("b,length,n,d_k,d_v,strided", CASES)
+def test_gradients_match_the_torch_path(b, length, n, d_k, d_v, strided):
+    """Output and the gradients of q, k and v, kernel vs per-head matmuls."""
+    q, k, v = _inputs(b, length, n, d_k, d_v, strided=strided, seed=2)
+    grad = torch.randn(b, n, d_v, length, generator=torch.Generator().manual_seed(3))
+    for fused, unfused in zip(*_kernel_and_torch_path(q, k, v, grad)):
         torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-5)
 
 
@@ -117,12 +122,7 @@ def test_queries_need_not_match_the_keys_in_number(b, length, queries, n, d_k, d
     _, k, v = _inputs(b, length, n, d_k, d_v, strided=strided, seed=13)
     q, _, _ = _inputs(b, queries, n, d_k, d_v, strided=strided, seed=14)
     grad = torch.randn(b, n, d_v, queries, generator=torch.Generator().manual_seed(15))
-    results = []
-    for fn in (content_attention, torch_path):
-        leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
-        out = fn(*leaves)
-        out.backward(grad)
-        results.append([out] + [t.grad for t in leaves])
+    results = _kernel_and_torch_path(q, k, v, grad)
     assert results[0][0].shape == (b, n, d_v, queries)
     torch.testing.assert_close(results[0][0].double(), reference(q, k, v), rtol=1e-5, atol=1e-5)
     for fused, unfused in zip(*results):
