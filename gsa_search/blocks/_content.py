@@ -283,6 +283,25 @@ _BLOCKED = r'''
 static inline void prefetch_rows(const float *p, int64_t s, int64_t C, int64_t n) {
     for (int64_t t = 0; t < n; ++t) PREFETCH_ROW(p + t * s, C);
 }
+/* e[t * C + c] = exp(k[t * ks + c] - m[c]), times scale[c] unless scale is NULL, for the n key rows
+   of a tile; the next n_next key rows and this tile's value rows (v, vs apart) are prefetched */
+static inline void exp_tile(float *restrict e, const float *k, int64_t ks, const float *restrict m,
+                            const float *restrict scale, int64_t C, int64_t n, int64_t n_next, const float *v,
+                            int64_t vs) {
+    if (n_next > 0) prefetch_rows(k + n * ks, ks, C, n_next);
+    prefetch_rows(v, vs, C, n);
+    for (int64_t t = 0; t < n; ++t) {
+        const float *restrict kr = k + t * ks;
+        float *restrict et = e + t * C;
+        if (scale) {
+            _Pragma("omp simd")
+            for (int64_t c = 0; c < C; ++c) et[c] = exp_f32(kr[c] - m[c]) * scale[c];
+        } else {
+            _Pragma("omp simd")
+            for (int64_t c = 0; c < C; ++c) et[c] = exp_f32(kr[c] - m[c]);
+        }
+    }
+}
 /* o[j * os + t] = x[t * C + j] for t < n, j < C (C a multiple of 8): a tile of position rows
    written to channel rows, 8 x 8 blocks transposed in registers where the compiler can */
 static void store_transposed(float *restrict o, int64_t os, const float *restrict x, int C, int64_t n) {
@@ -389,16 +408,11 @@ int content_fwd_f32_##DD(const float *q, const int64_t *qs, const float *k, cons
             for (int64_t c = 0; c < CK; ++c) rs[c] = 0;
             for (int64_t l0 = 0; l0 < L; l0 += TB) { /* G[n] += exp(k - m)^T v over a tile */
                 const int64_t nl = MIN(TB, L - l0);
-                if (l0 + TB < L) prefetch_rows(kb + (l0 + TB) * ks[1], ks[1], CK, MIN(TB, L - l0 - TB));
-                prefetch_rows(vb + l0 * vs[1], vs[1], CK, nl);
+                exp_tile(e, kb + l0 * ks[1], ks[1], m, NULL, CK, nl, MIN(TB, L - l0 - TB), vb + l0 * vs[1], vs[1]);
                 for (int64_t t = 0; t < nl; ++t) {
-                    const float *restrict kr = kb + (l0 + t) * ks[1];
-                    float *restrict et = e + t * CK;
+                    const float *restrict et = e + t * CK;
                     _Pragma("omp simd")
-                    for (int64_t c = 0; c < CK; ++c) {
-                        et[c] = exp_f32(kr[c] - m[c]);
-                        rs[c] += et[c];
-                    }
+                    for (int64_t c = 0; c < CK; ++c) rs[c] += et[c];
                 }
                 for (int64_t n = 0; n < N; ++n)
                     outer_acc_##DD(G + n * DD * DD, e + n * DD, CK, 1, vb + l0 * vs[1] + n * DD, vs[1], nl);
@@ -455,14 +469,8 @@ int content_bwd_f32_##DD(const float *q, const int64_t *qs, const float *k, cons
             for (int64_t c = 0; c < CK; ++c) sum[c] = 0;
             for (int64_t l0 = 0; l0 < L; l0 += TB) { /* dv = ks dG, d ks = dG v (kept in dk for now) */
                 const int64_t nl = MIN(TB, L - l0);
-                if (l0 + TB < L) prefetch_rows(kb + (l0 + TB) * ks[1], ks[1], CK, MIN(TB, L - l0 - TB));
-                prefetch_rows(vb + l0 * vs[1], vs[1], CK, nl);
-                for (int64_t t = 0; t < nl; ++t) {
-                    const float *restrict kr = kb + (l0 + t) * ks[1];
-                    float *restrict et = e + t * CK;
-                    _Pragma("omp simd")
-                    for (int64_t c = 0; c < CK; ++c) et[c] = exp_f32(kr[c] - m[c]) * rs[c];
-                }
+                /* the softmax: exp(k - m) / sum */
+                exp_tile(e, kb + l0 * ks[1], ks[1], m, rs, CK, nl, MIN(TB, L - l0 - TB), vb + l0 * vs[1], vs[1]);
                 for (int64_t n = 0; n < N; ++n) {
                     rows_mm_##DD(dvb + l0 * CK + n * DD, CK, e + n * DD, CK, 1, dG + n * DD * DD, nl);
                     rows_mm_##DD(dkb + l0 * CK + n * DD, CK, vb + l0 * vs[1] + n * DD, vs[1], 1, dGT + n * DD * DD,

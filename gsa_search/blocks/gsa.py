@@ -544,11 +544,10 @@ class GSABlock(SpatialMixer):
         ho, wo = ((h + 1) // 2, (w + 1) // 2) if pooled else (h, w)
         out = None
         if self.content is not None:
-            q_c = q
-            if pooled and not cfg.query_norm:
-                q_c = pool_positions(q)
+            pool_queries = pooled and not cfg.query_norm
+            q_c = pool_positions(q) if pool_queries else q
             out = self.content(q_c.flatten(1, 2), k[0].unflatten(-1, (n, d_k)).flatten(1, 2), v.flatten(1, 2))
-            if q_c is q and pooled:  # query_norm: pooled after the whole path
+            if pooled and not pool_queries:  # query_norm: the whole path's output is pooled
                 out = self.pool(out.view(b, n * d_v, h, w))
             out = out.view(b, n, d_v, ho, wo)
         if self.positional is not None:
