@@ -59,7 +59,7 @@ def test_forward_shape_finite_and_gradients(name, stride):
 
 @pytest.mark.parametrize("name", list_blocks())
 def test_channels_last_input_gives_the_same_result_and_gradient(name):
-    """``channels_last`` models (a trainer option) feed blocks NHWC-strided maps."""
+    """``channels_last`` models (a trainer option, the CPU default) feed blocks NHWC-strided maps."""
     torch.manual_seed(0)
     block = create_block(_config(name), 6, 8)
     x = torch.randn(2, 6, SIZE, SIZE)
@@ -72,6 +72,52 @@ def test_channels_last_input_gives_the_same_result_and_gradient(name):
     (out_a, grad_a), (out_b, grad_b) = results
     torch.testing.assert_close(out_b, out_a, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_b, grad_a, rtol=1e-5, atol=1e-6)
+    # every block hands the layout on, as a convolution does: the layers after it need no conversion
+    assert out_a.is_contiguous() and not out_b.is_contiguous()
+    assert out_b.is_contiguous(memory_format=torch.channels_last)
+
+
+GSA_LAYOUT_CASES = {
+    "axial": {},
+    "2d-window": {"positional": "2d", "rel_span": 1},
+    "2d-rows": {"positional": "2d", "rel_span": SIZE - 1},
+    "content-only": {"positional": "none"},
+    "positional-only": {"content": False},
+    "query-norm": {"query_norm": True},
+    "output-proj": {"output_proj": True},
+}
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+@pytest.mark.parametrize("shape", [(SIZE, SIZE), (7, 5)])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("case", list(GSA_LAYOUT_CASES))
+def test_gsa_keeps_a_channels_last_layout(case, stride, shape, native, monkeypatch):
+    """A channels-last input runs the channels-last paths (projection as a 1x1 convolution, the row
+    step writing channels last, sums and pools on (B, H, W, N, d) maps): the same output and
+    gradients as from the NCHW input, in float64 to rounding, and the output and input gradient
+    stay channels last, so the layers after the block need no conversion. ``native`` "0" runs the
+    PyTorch paths (what CUDA runs)."""
+    monkeypatch.setenv("GSA_SEARCH_NATIVE", native)
+    torch.manual_seed(0)
+    cfg = block_config("gsa", heads=2, **GSA_LAYOUT_CASES[case]).with_feature_size(SIZE)
+    block = create_block(cfg, 6, 8, stride=stride).double()
+    x = torch.randn(2, 6, *shape, dtype=torch.float64)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        block.zero_grad(set_to_none=True)
+        xi = x.clone(memory_format=layout).requires_grad_(True)
+        out = block(xi)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        results.append((out.detach(), xi.grad, {n: p.grad for n, p in block.named_parameters()}))
+    (out_a, grad_a, params_a), (out_b, grad_b, params_b) = results
+    assert out_a.is_contiguous() and grad_a.is_contiguous()
+    assert not out_b.is_contiguous() and out_b.is_contiguous(memory_format=torch.channels_last)
+    assert grad_b.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out_b, out_a, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad_b, grad_a, rtol=1e-12, atol=1e-12)
+    for name, grad in params_a.items():
+        torch.testing.assert_close(params_b[name], grad, rtol=1e-12, atol=1e-12, msg=name)
 
 
 AUTOCAST_CASES = {name: _config(name) for name in list_blocks()} | {

@@ -211,6 +211,12 @@ class DownsamplePool(nn.AvgPool2d):
         return avg_pool_2x2(x)
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether the map ``x (B, C, H, W)`` lies in memory as ``(B, H, W, C)`` and not also as NCHW
+    (maps of one pixel or one channel are both: they take the NCHW paths)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def downsample_pool(stride: int) -> nn.Module:
     """The attention mixers' downsampling: 2x2 average pool, ``ceil`` sizes like a strided conv."""
     if stride == 1:

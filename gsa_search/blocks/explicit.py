@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import check_choice, check_positive, normalize_numbers
-from .base import BlockConfig, SpatialMixer, conv_macs, downsample_pool, register_block
+from .base import BlockConfig, SpatialMixer, conv_macs, downsample_pool, is_channels_last, register_block
 
 __all__ = ["ExplicitConfig", "ExplicitBlock", "GaussianAttention", "gaussian_kernel"]
 
@@ -78,6 +78,11 @@ class GaussianAttention(nn.Module):
         sigma = self.sigma.to(torch.promote_types(v.dtype, torch.float32))
         k_h = gaussian_kernel(h, sigma).to(v.dtype)  # (H, H)
         k_w = gaussian_kernel(w, sigma).to(v.dtype)  # (W, W)
+        if is_channels_last(v):  # the same products on (B, H, W, C) memory; the result stays channels last
+            b, c = v.shape[:2]
+            rows = k_w @ v.permute(0, 2, 3, 1)  # (B, H, W, C): along W
+            out = k_h @ rows.reshape(b, h, w * c)  # along H
+            return out.view(b, h, w, c).permute(0, 3, 1, 2)
         return k_h @ v @ k_w.transpose(0, 1)
 
 
