@@ -37,7 +37,7 @@ def bare_epoch(model_name: str, data, recipe: Recipe) -> float:
     cfg = model_config(model_name).fit_to_data(
         num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size
     )
-    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format  # as train()
+    memory_format = recipe.memory_format(device)  # as train()
     model = build_model(cfg).to(device).train().to(memory_format=memory_format)
     optimizer = build_optimizer(model, recipe)
     x, y = data.train_x, data.train_y
@@ -85,11 +85,11 @@ def digits_time_to_accuracy(model_name: str = "proxy_gsa_resnet", *, device: str
 
 
 def training_throughput(models: list[str], sizes: list[int], *, rounds: int = 5, batch_size: int = 64,
-                        device: str = "auto", channels_last: bool = False) -> list[dict[str, float | int | str]]:
+                        device: str = "auto", channels_last: bool | str = "auto") -> list[dict[str, float | int | str]]:
     """Training images/s (forward, backward and AdamW step) of each model on digits at each size,
     one epoch per model per round, the models interleaved within each round; ``time_vs_first`` is
     the median over rounds of (this model's epoch time / the first model's in the same round).
-    ``channels_last`` trains in that memory format (the recipe option of the same name)."""
+    ``channels_last`` is the recipe option of the same name (``'auto'``: channels last on CPU)."""
     dev = resolve_device(device)
     recipe = DIGITS_RECIPE.replace(batch_size=batch_size, device=device, channels_last=channels_last)
     rows: list[dict[str, float | int | str]] = []

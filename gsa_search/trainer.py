@@ -82,6 +82,9 @@ class Recipe(ConfigMixin):
     :attr:`effective_warmup_epochs`); ``schedule`` is ``cosine`` (warm-up then cosine decay to zero),
     ``onecycle`` (linear warm-up then linear decay to zero, the airbench triangle) or ``constant``
     (warm-up then flat). ``precision='auto'`` means bf16 autocast on CUDA and float32 on CPU.
+    ``channels_last='auto'`` trains channels last on CPU (every proxy model measured 1.2-1.33x faster
+    there: oneDNN's convolutions, batch norms and activations run faster on NHWC maps, and the
+    attention blocks keep that layout) and NCHW on CUDA; ``True``/``False`` force one.
     ``compile`` wraps the model in ``torch.compile`` after its FLOPs are counted. ``num_workers``
     is the DataLoader worker count for streamed (non-resident) data; ``None`` means a share of this
     machine's cores (:attr:`effective_num_workers`). Resident data never uses workers.
@@ -102,7 +105,7 @@ class Recipe(ConfigMixin):
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
-    channels_last: bool = False
+    channels_last: Union[bool, str] = "auto"
     compile: bool = False
     eval_batch_size: int = 1024
     num_workers: Union[int, None] = None
@@ -128,8 +131,10 @@ class Recipe(ConfigMixin):
         if as_int(self.augment_pad) is None or self.augment_pad < 0:
             raise ValueError(f"recipe.augment_pad must be an integer >= 0 (the largest shift in pixels), "
                              f"got {self.augment_pad!r}")
-        for field in ("augment", "channels_last", "compile"):
+        for field in ("augment", "compile"):
             check_bool("recipe", field, getattr(self, field))
+        if not (isinstance(self.channels_last, bool) or self.channels_last == "auto"):
+            raise ValueError(f"recipe.channels_last must be True, False or 'auto', got {self.channels_last!r}")
         if as_int(self.seed) is None or self.seed < 0:
             raise ValueError(f"recipe.seed must be an integer >= 0, got {self.seed!r}")
         if self.num_workers is not None and (as_int(self.num_workers) is None or self.num_workers < 0):
@@ -138,6 +143,13 @@ class Recipe(ConfigMixin):
             self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)
         ):
             raise ValueError(f"recipe.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+    def memory_format(self, device: torch.device) -> torch.memory_format:
+        """The layout models and batches take on ``device``: ``channels_last`` resolved
+        (``'auto'``: channels last on CPU, NCHW elsewhere)."""
+        if self.channels_last == "auto":
+            return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     @property
     def effective_warmup_epochs(self) -> float:
@@ -359,7 +371,7 @@ def train(
         model = build_model(model_cfg).to(device)
         params = count_params(model)
         flops = model_macs(model_cfg, (1, data.in_channels, data.image_size, data.image_size))
-        memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+        memory_format = recipe.memory_format(device)
         model = model.to(memory_format=memory_format)
         optimizer = build_optimizer(model, recipe)
         feed = _Feed(data, recipe, device)

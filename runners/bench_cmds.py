@@ -76,19 +76,22 @@ def throughput(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
     from gsa_search.bench_train import training_throughput
     from gsa_search.device import resolve_device
+    from gsa_search.trainer import DIGITS_RECIPE
 
     models = args.models or ["proxy_resnet", "proxy_gsa_resnet", "proxy_gsa_positional", "proxy_gsa_2d"]
     sizes = args.sizes if args.sizes != [16, 32, 64] else [16, 32]
     batch, rounds = args.batch or 64, args.rounds or 5
+    channels_last = "auto" if args.channels_last is None else args.channels_last
     rows = training_throughput(models, sizes, rounds=rounds, batch_size=batch, device=args.device,
-                               channels_last=args.channels_last)
-    layout = ", channels last" if args.channels_last else ""
+                               channels_last=channels_last)
+    fmt = DIGITS_RECIPE.replace(channels_last=channels_last).memory_format(resolve_device(args.device))
+    layout = ", channels last" if fmt == torch.channels_last else ", NCHW"
     header = (f"training images/s on digits (forward + backward + AdamW, batch {batch}{layout}, one epoch per model per round, "
               f"{rounds} interleaved rounds, medians); torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"device {resolve_device(args.device)}; time_vs_first = epoch time / {models[0]}'s in the same round")
     text = header + "\n" + pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3g}")
     return {"rows": rows, "models": models, "sizes": sizes, "batch": batch, "rounds": rounds,
-            "channels_last": args.channels_last}, text
+            "channels_last": fmt == torch.channels_last}, text
 
 
 def search_overhead(*, trials: int, workers: int = 1, recipe: dict[str, Any] | None = None, reports_dir: str | Path,

@@ -126,11 +126,25 @@ def _recipe_parent(*, seed: bool = True) -> argparse.ArgumentParser:
                        if seed else argparse.SUPPRESS)
     group.add_argument("--device", help=_DEVICE_HELP)
     group.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    _channels_last_option(group)
     return parent
 
 
+def _channels_last_option(p, what: str = "") -> None:
+    p.add_argument("--channels-last", nargs="?", const=True, type=_channels_last_value, metavar="{auto,true,false}",
+                   help=f"{what}memory format of the model and batches (the recipe's channels_last; 'auto', the "
+                        "default: channels last on CPU, NCHW on CUDA; the flag alone: true)")
+
+
+def _channels_last_value(text: str) -> bool | str:
+    values = {"auto": "auto", "true": True, "false": False}
+    if text.lower() not in values:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from auto, true, false)")
+    return values[text.lower()]
+
+
 _RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "momentum", "label_smoothing", "schedule",
-                 "warmup_epochs", "seed", "device", "precision")
+                 "warmup_epochs", "seed", "device", "precision", "channels_last")
 
 
 def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -275,8 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
                    help="throughput benchmark: presets to compare, the first is the reference (default proxy_resnet "
                         "proxy_gsa_resnet proxy_gsa_positional proxy_gsa_2d; sizes default 16 32, batch 64)")
-    p.add_argument("--channels-last", action="store_true",
-                   help="throughput benchmark: train in channels-last memory format (the recipe's channels_last)")
+    _channels_last_option(p, "throughput benchmark: ")
     p.add_argument("--skip-accuracy", action="store_true", help="train benchmark: overhead only")
     p.add_argument("--trials", type=_positive_int, default=5, help="search benchmark: trials")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)

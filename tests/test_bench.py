@@ -88,11 +88,11 @@ def test_channels_last_throughput_trains_in_that_format(monkeypatch):
         return model
 
     monkeypatch.setattr(bench_train, "build_model", build)
-    for channels_last in (True, False):
+    for channels_last, expected in ((True, True), (False, False), ("auto", True)):  # auto: channels last on CPU
         formats.clear()
         bench_train.training_throughput(["proxy_resnet"], [8], rounds=1, batch_size=512, device="cpu",
                                         channels_last=channels_last)
-        assert formats and set(formats) == {(channels_last, channels_last)}
+        assert formats and set(formats) == {(expected, expected)}
 
 
 def test_throughput_command_prints_one_row_per_model_and_size(capsys):

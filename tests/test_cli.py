@@ -36,6 +36,7 @@ USER_ERRORS = {
     "pruner with two objectives": (["search", "--objectives", "accuracy,flops", "--pruner", "median"], "prunes on one objective"),
     "bad budget": (["search", "--max-flops", "lots"], "expected a number such as"),
     "unknown command": (["serach"], "invalid choice"),
+    "bad memory format": (["train", "proxy_resnet", "--channels-last", "maybe"], "choose from auto, true, false"),
     "report of a missing study": (["report", "no-such-study"], "no study at reports/no-such-study"),
 }
 
@@ -88,6 +89,11 @@ def test_train_json(tmp_path):
     doc = json.loads(proc.stdout)
     assert {"model", "dataset", "recipe", "accuracy", "flops", "params", "history"} <= set(doc)
     assert doc["recipe"]["epochs"] == 2 and len(doc["history"]) == 2
+    assert doc["recipe"]["channels_last"] == "auto"  # the default: channels last on CPU
+    proc = _run("train", "proxy_resnet", "--dataset", "synthetic", "--image-size", "8", "--dataset-option",
+                "num_samples=64", "--epochs", "1", "--channels-last", "false", "--json", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["recipe"]["channels_last"] is False
 
 
 def test_search_json_and_resume(tmp_path):

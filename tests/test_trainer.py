@@ -179,7 +179,8 @@ INVALID = [
     ("seed", -1, r">= 0"),
     ("seed", 1.5, r"integer"),
     ("augment", "yes", r"True or False"),
-    ("channels_last", 1, r"True or False"),
+    ("channels_last", 1, r"True, False or 'auto'"),
+    ("channels_last", "yes", r"True, False or 'auto'"),
     ("compile", None, r"True or False"),
 ]
 
@@ -220,6 +221,15 @@ def test_recipe_rejects_non_finite_and_mistyped_numbers(field: str, value: Any) 
 def test_recipe_accepts_valid_values() -> None:
     Recipe(momentum=0.0, weight_decay=0, warmup_epochs=0, label_smoothing=0.0, device="cuda:1", seed=0)
     Recipe(optimizer="adamw", schedule="onecycle", precision="bf16", augment=False, device="cpu")
+
+
+def test_channels_last_auto_means_channels_last_on_cpu_only() -> None:
+    assert Recipe().channels_last == "auto"
+    assert Recipe().memory_format(torch.device("cpu")) == torch.channels_last
+    assert Recipe().memory_format(torch.device("cuda", 0)) == torch.contiguous_format
+    for device in ("cpu", "cuda"):
+        assert Recipe(channels_last=True).memory_format(torch.device(device)) == torch.channels_last
+        assert Recipe(channels_last=False).memory_format(torch.device(device)) == torch.contiguous_format
 
 
 def test_recipe_round_trip_and_unknown_field() -> None:
