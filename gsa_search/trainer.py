@@ -465,6 +465,8 @@ def _evaluate(
     device: torch.device,
     what: str,
 ) -> dict[str, float]:
+    fmt = recipe.memory_format(device)  # the layout the model trains in
+    batches = ((xb.contiguous(memory_format=fmt) if xb.dim() == 4 else xb, yb) for xb, yb in batches)
     try:
         return evaluate(model, batches, num_classes=data.num_classes, autocast=autocast, device=device)
     except torch.cuda.OutOfMemoryError as exc:
