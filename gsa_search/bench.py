@@ -141,10 +141,13 @@ def bench_blocks(
     include: tuple[str, ...] | None = None,
     input_grad: bool = True,
     warmup: int = 2,
+    channels_last: bool = False,
 ) -> pd.DataFrame:
     """One row per (block, size): medians over interleaved rounds of forward and forward+backward
     (each round the best of ``repeats`` runs), after ``warmup`` untimed runs of every block. With
-    ``input_grad`` (the default) the input requires grad: each block is timed as a middle layer."""
+    ``input_grad`` (the default) the input requires grad: each block is timed as a middle layer.
+    ``channels_last`` times every block (weights and input) in that memory format, as a model
+    trained channels last runs it."""
     dev = resolve_device(device, owner="bench")
     retain_freed_memory()  # as in a training process (host_memory)
     cuda = dev.type == "cuda"
@@ -155,8 +158,10 @@ def bench_blocks(
         builders = candidates(size, channels=channels, heads=heads, dim_key=dim_key)
         names = [n for n in builders if (include is None or n in include) and not (n == "mhsa" and size > mhsa_max_size)]
         torch.manual_seed(0)
-        models = {name: builders[name]().to(dev) for name in names}
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        models = {name: builders[name]().to(dev).to(memory_format=fmt) for name in names}
         x = torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(0)).to(dev)
+        x = x.contiguous(memory_format=fmt)
         for name in names:  # first-call costs (kernel builds, allocator growth) belong to no round
             for _ in range(warmup):
                 time_block(models[name], x, repeats=1, input_grad=input_grad, autocast_dtype=autocast_dtype)
@@ -185,6 +190,7 @@ def bench_blocks(
                 "activation_mb": _saved_mb(models[name].train(), x.detach().requires_grad_(input_grad), autocast),
                 "peak_memory_mb": _peak_mb(models[name], x, input_grad, autocast_dtype) if dev.type == "cuda" else None,
                 "input_grad": input_grad,
+                "channels_last": channels_last,
                 "flops": count_flops(models[name], (1, channels, size, size)).total,
                 "params": count_params(models[name]),
                 "over_conv": _paired(samples, conv_pairs, name, "conv"),

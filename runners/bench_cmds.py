@@ -26,6 +26,7 @@ def blocks(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], str]:
     table = bench_blocks(
         tuple(args.sizes), batch=args.batch, channels=args.channels, heads=args.heads, dim_key=args.dim_key,
         device=args.device, rounds=args.rounds or 9, repeats=args.repeats, mhsa_max_size=args.mhsa_max_size,
+        channels_last=args.channels_last is True,
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "blocks.csv", index=False)
@@ -33,7 +34,8 @@ def blocks(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], str]:
     ratios = bench_ratios(table)
     ratios.to_csv(out / "ratios.csv")
     header = (f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-              f"{torch.get_num_threads()} threads, device {table['device'].iloc[0]}")
+              f"{torch.get_num_threads()} threads, device {table['device'].iloc[0]}, "
+              f"{'channels-last' if args.channels_last is True else 'NCHW'} maps")
     text = "\n".join([
         header,
         table.drop(columns=["device"]).to_string(index=False, float_format=lambda v: f"{v:.2f}"),

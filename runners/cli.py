@@ -130,10 +130,11 @@ def _recipe_parent(*, seed: bool = True) -> argparse.ArgumentParser:
     return parent
 
 
-def _channels_last_option(p, what: str = "") -> None:
+def _channels_last_option(p, what: str = "", blocks: bool = False) -> None:
+    also = "; blocks benchmark: true times every block on channels-last maps (default NCHW)" if blocks else ""
     p.add_argument("--channels-last", nargs="?", const=True, type=_channels_last_value, metavar="{auto,true,false}",
                    help=f"{what}memory format of the model and batches (the recipe's channels_last; 'auto', the "
-                        "default: channels last on CPU, NCHW on CUDA; the flag alone: true)")
+                        f"default: channels last on CPU, NCHW on CUDA; the flag alone: true){also}")
 
 
 def _channels_last_value(text: str) -> bool | str:
@@ -289,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
                    help="throughput benchmark: presets to compare, the first is the reference (default proxy_resnet "
                         "proxy_gsa_resnet proxy_gsa_positional proxy_gsa_2d; sizes default 16 32, batch 64)")
-    _channels_last_option(p, "throughput benchmark: ")
+    _channels_last_option(p, "throughput benchmark: ", blocks=True)
     p.add_argument("--skip-accuracy", action="store_true", help="train benchmark: overhead only")
     p.add_argument("--trials", type=_positive_int, default=5, help="search benchmark: trials")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)

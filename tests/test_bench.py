@@ -33,6 +33,26 @@ def test_block_benchmark_writes_csv_plot_and_ratios(tmp_path, capsys):
     assert "ratios" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("flag,channels_last", [([], False), (["--channels-last"], True), (["--channels-last", "false"], False)])
+def test_block_benchmark_times_blocks_in_the_chosen_layout(tmp_path, monkeypatch, flag, channels_last):
+    """NCHW by default (the module benchmark as before); ``--channels-last`` puts every block's
+    weights and the input in that format, and the table says which."""
+    seen = set()
+    real = bench.time_block
+
+    def spy(model, x, **kwargs):
+        weights = [p for p in model.parameters() if p.dim() == 4]
+        seen.add((x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                  all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)))
+        return real(model, x, **kwargs)
+
+    monkeypatch.setattr(bench, "time_block", spy)
+    assert main(["bench", "blocks", "--sizes", "6", "--batch", "2", "--channels", "8", "--heads", "2", "--dim-key", "4",
+                 "--rounds", "1", "--repeats", "1", "--out", str(tmp_path), *flag]) == 0
+    assert seen == {(channels_last, channels_last)} if channels_last else {s[0] for s in seen} == {False}
+    assert set(pd.read_csv(tmp_path / "blocks.csv")["channels_last"]) == {channels_last}
+
+
 def test_bench_ratios_divide_by_the_conv_row():
     table = pd.DataFrame({"block": ["conv", "gsa"], "size": [8, 8], "fwd_bwd_ms": [2.0, 5.0],
                           "activation_mb": [1.0, 2.0]})
