@@ -22,10 +22,11 @@ Q, K, V come from one bias-free 1x1 convolution. The output is the sum of two pa
 pixel. The largest map the block will see (``feature_size``) must be known at build time; the
 backbone builder fills it in per stage.
 
-Implementation: the projection returns q, k, v channels last (one batched matmul, no copy of the
-input), which both positional steps and the content path read in place through strided views; the
-relative-attention kernel (``_relative.py``) writes the row step's result in NCHW order, so the
-block needs no transpose at its output. On CPU the content path is one compiled kernel
+Implementation: the projection returns q, k, v channels last (from an NCHW input one batched
+matmul, no copy of the input; from a channels-last input a 1x1 convolution), which both positional
+steps and the content path read in place through strided views; the relative-attention kernel
+(``_relative.py``) writes the row step's result in the input's layout (NCHW order, or channels
+last), so the block needs no transpose at its output and hands on the layout it was given. On CPU the content path is one compiled kernel
 (``_content.py``: softmax, ``K^T V`` and ``G^T Q`` for all heads of an image). A stride-2 block
 pools the positional path's output, and the content path's queries instead of its output (``G^T Q``
 is linear in Q, so that is the same pool; with ``query_norm`` the output is pooled): ``G^T Q``, the
