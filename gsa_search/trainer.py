@@ -308,9 +308,12 @@ def _as_dataset(data: Any, seed: int) -> Any:
 
 
 def _same_run(state: dict[str, Any], model_cfg: BackboneConfig, recipe: Recipe) -> bool:
-    """Whether a checkpoint was written by a run of this model config and recipe."""
+    """Whether a checkpoint was written by a run of this model config and recipe. The memory format
+    (``channels_last``) may differ: it changes speed and float rounding, not what the run computes,
+    and the saved tensors load into either layout."""
     try:
-        return model_config_from_dict(state["model_config"]) == model_cfg and Recipe.from_dict(state["recipe"]) == recipe
+        saved = Recipe.from_dict(state["recipe"]).replace(channels_last=recipe.channels_last)
+        return model_config_from_dict(state["model_config"]) == model_cfg and saved == recipe
     except (KeyError, TypeError, ValueError):
         return False
 

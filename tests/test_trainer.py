@@ -604,6 +604,19 @@ def test_checkpoint_of_another_run_is_rejected(tmp_path: Path, synth: DatasetBun
     assert path.read_bytes() == before  # left untouched
 
 
+def test_checkpoint_resumes_in_the_other_memory_format(tmp_path: Path, synth: DatasetBundle) -> None:
+    """A run interrupted in NCHW (e.g. by a version whose default that was) resumes channels last:
+    the layout is not part of what the run computes."""
+    cfg, recipe = tiny_cfg(), tiny_recipe(epochs=2)
+    with pytest.raises(Stop):
+        train(cfg, recipe.replace(channels_last=False), synth, checkpoint_dir=tmp_path, report=_stop_at(0))
+    seen: list[int] = []
+    resumed = train(cfg, recipe.replace(channels_last=True), synth, checkpoint_dir=tmp_path,
+                    report=lambda e, m: seen.append(e))
+    assert seen == [1] and resumed["epochs"] == 2  # only the remaining epoch
+    assert math.isfinite(resumed[M.ACCURACY])
+
+
 def test_checkpoint_dir_is_created(tmp_path: Path, synth: DatasetBundle) -> None:
     target = tmp_path / "deep" / "er"
     seen: list[bool] = []
