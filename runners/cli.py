@@ -496,7 +496,7 @@ def _checked_data(load: Any) -> Any:
 
     try:
         return load()
-    except DatasetError as error:
+    except (DatasetError, UserError) as error:  # check_data hands a DatasetError on as a UserError
         message = " ".join(str(error).split())
         message = (message.replace("data_dir is required", "--data-dir is required")
                    .replace("pass download=True", "add --dataset-option download=true"))
@@ -620,13 +620,9 @@ def _run_search_args(args: argparse.Namespace) -> Any:
 
 
 def _preflight_data(settings: Any) -> None:
-    """Load the search's data once (cached in-process: the runner and an in-process worker reuse it),
-    so that missing or broken data is one error line instead of a study of failed trials."""
-    from gsa_search.trial import load_data_cached
-
-    _checked_data(lambda: load_data_cached(settings.dataset, data_dir=settings.data_dir,
-                                           image_size=settings.resolved_image_size(),
-                                           seed=settings.base_recipe().seed, **settings.dataset_options))
+    """:meth:`SearchSettings.check_data` (the runners call it too), with the error in the command
+    line's words."""
+    _checked_data(settings.check_data)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:

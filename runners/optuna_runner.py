@@ -556,11 +556,11 @@ def _duration(seconds: float) -> str:
 def run_search(settings: SearchSettings, *, progress: bool = True) -> SearchResult:
     """Validate, create or resume the study, run it to its trial budget, save and return the results.
 
-    Raises :class:`UserError` for bad settings (before anything is created: a study folder made by
-    this call is removed again when opening the storage fails). Ctrl-C returns the partial result
-    with ``interrupted=True`` once the running trial is recorded.
+    Raises :class:`UserError` for bad settings or data that cannot be loaded (before anything is
+    created: a study folder made by this call is removed again when opening the storage fails).
+    Ctrl-C returns the partial result with ``interrupted=True`` once the running trial is recorded.
     """
-    settings.validate()
+    settings.validate().check_data()
     quiet_optuna()
     tic = time.perf_counter()
     study_dir = settings.study_dir

@@ -543,11 +543,12 @@ def run_ray_search(settings: SearchSettings, *, progress: bool = True) -> Search
     """Validate, connect (or start a local cluster), create or restore the Ray experiment, run it to
     its trial budget, save and return the results (same :class:`SearchResult` as the Optuna runner).
 
-    Raises :class:`UserError` for bad settings, an unreachable cluster, or more CPUs/GPUs per trial
-    than the cluster has, before a study folder exists. Ctrl-C stops the running trials and returns
-    the partial result with ``interrupted=True``; re-running the same command resumes.
+    Raises :class:`UserError` for bad settings, data that cannot be loaded here, an unreachable
+    cluster, or more CPUs/GPUs per trial than the cluster has, before a study folder exists. Ctrl-C
+    stops the running trials and returns the partial result with ``interrupted=True``; re-running
+    the same command resumes.
     """
-    settings.validate()
+    settings.validate().check_data()
     settings = _absolute(settings)
     quiet_optuna()
     tic = time.perf_counter()

@@ -294,6 +294,20 @@ class SearchSettings:
         json.dumps(self.identity(), default=str)
         return self
 
+    def check_data(self) -> "SearchSettings":
+        """Load the search's data once (cached in this process: the runner and an in-process worker
+        reuse it), so that missing or broken data is one :class:`UserError` before the study exists
+        instead of a study of failed trials; returns ``self``."""
+        from gsa_search.data import DatasetError
+        from gsa_search.trial import load_data_cached
+
+        try:
+            load_data_cached(self.dataset, data_dir=self.data_dir, image_size=self.resolved_image_size(),
+                             seed=self.base_recipe().seed, **self.dataset_options)
+        except DatasetError as error:
+            raise UserError(" ".join(str(error).split())) from None
+        return self
+
     def _validate_backend_options(self) -> None:
         ray_options = {"--address": self.address, "--cpus-per-trial": self.cpus_per_trial,
                        "--gpus-per-trial": self.gpus_per_trial, "--max-failures": self.max_failures}

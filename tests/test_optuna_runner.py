@@ -89,6 +89,15 @@ def test_rerunning_resumes_and_runs_only_what_is_missing(tmp_path):
         run_search(_settings(tmp_path, n_trials=4, study="resume", recipe={"epochs": 2, "device": "cpu"}), progress=False)
 
 
+def test_data_that_cannot_be_loaded_is_one_error_and_creates_nothing(tmp_path):
+    """A library call, as the command line does: one UserError before the study exists, not a study
+    of failed trials."""
+    settings = _settings(tmp_path, study="nodata", dataset="cifar10", image_size=None, dataset_options={})
+    with pytest.raises(UserError, match="cifar10: data_dir is required"):
+        run_search(settings, progress=False)
+    assert not settings.study_dir.exists()
+
+
 def test_a_fixed_seed_reproduces_the_sequence(tmp_path):
     def params(name, seed):
         result = run_search(_settings(tmp_path, n_trials=3, study=name, seed=seed, sampler="tpe"), progress=False)
