@@ -26,12 +26,12 @@ Implementation: the projection returns q, k, v channels last (from an NCHW input
 matmul, no copy of the input; from a channels-last input a 1x1 convolution), which both positional
 steps and the content path read in place through strided views; the relative-attention kernel
 (``_relative.py``) writes the row step's result in the input's layout (NCHW order, or channels
-last), so the block needs no transpose at its output and hands on the layout it was given. On CPU the content path is one compiled kernel
-(``_content.py``: softmax, ``K^T V`` and ``G^T Q`` for all heads of an image). A stride-2 block
-pools the positional path's output, and the content path's queries instead of its output (``G^T Q``
-is linear in Q, so that is the same pool; with ``query_norm`` the output is pooled): ``G^T Q``, the
-sum of the paths and the output projection run at the pooled size. Local 2D windows
-are computed key by key (on CPU by the fused window-attention kernel of ``_window.py``, which
+last), so the block needs no transpose at its output and hands on the layout it was given. On CPU
+the content path is one compiled kernel (``_content.py``: softmax, ``K^T V`` and ``G^T Q`` for all
+heads of an image). A stride-2 block pools the positional path's output, and the content path's
+queries instead of its output (``G^T Q`` is linear in Q, so that is the same pool; with
+``query_norm`` the output is pooled): ``G^T Q``, the sum of the paths and the output projection run
+at the pooled size. Local 2D windows are computed key by key (on CPU by the fused window-attention kernel of ``_window.py``, which
 never stores the logits; elsewhere a logits matmul and the window sum); windows about as wide as
 the map reuse the banded row kernel (:func:`window_path` decides).
 """
