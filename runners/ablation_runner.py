@@ -133,9 +133,11 @@ class AblationResult:
 # --- the space file worker processes import ---------------------------------------------------------------
 
 
-def _space_source(study: AblationStudy, seeds: Sequence[int], device: str | None) -> str:
+def _space_source(study: AblationStudy, seeds: Sequence[int], device: str | None,
+                  channels_last: bool | str | None = None) -> str:
     cells = {name: cfg.to_dict() for name, cfg in study.cells().items()}
-    payload = json.dumps({"cells": cells, "seeds": list(seeds), "device": device}, sort_keys=True)
+    payload = json.dumps({"cells": cells, "seeds": list(seeds), "device": device, "channels_last": channels_last},
+                         sort_keys=True)
     return (
         f'"""The (cell, seed) pairs of ablation study {study.name!r}, written by runners.ablation_runner on every\n'
         'run (do not edit: the study definition is the source). The runners import `space` from here, in\n'
@@ -143,7 +145,8 @@ def _space_source(study: AblationStudy, seeds: Sequence[int], device: str | None
         "import json\n\n"
         "from search_spaces.ablation import cells_space\n\n"
         f"_PAIRS = json.loads({payload!r})\n"
-        'space = cells_space(_PAIRS["cells"], _PAIRS["seeds"], device=_PAIRS["device"])\n'
+        'space = cells_space(_PAIRS["cells"], _PAIRS["seeds"], device=_PAIRS["device"],\n'
+        '                    channels_last=_PAIRS.get("channels_last"))\n'
     )
 
 
@@ -323,20 +326,27 @@ def run_ablation(
     threads: int | None = None,
     address: str | None = None,
     alpha: float = 0.05,
+    channels_last: bool | str | None = None,
 ) -> AblationResult:
     """Run every (cell, seed) pair of ``study`` once (reusing finished ones), then compare the cells.
 
     ``study`` is an :class:`AblationStudy` or what :func:`search_spaces.ablation.load_study` takes
     (a registered name, ``FILE.py:NAME``, ``FILE.toml``). ``seeds`` replaces the study's seeds (a
     count or a list); ``recipe_overrides`` change the baseline recipe (levels still apply on top);
-    ``device`` is the training device of every run (not part of what the study computes: a resume
-    on another device reuses the finished runs). ``storage``, ``workers`` and ``threads`` are the
+    ``device`` is the training device of every run and ``channels_last`` its memory format (the
+    recipe field; ``None``: the recipe's, a ``channels_last`` among ``recipe_overrides`` is taken as
+    this); neither is part of what the study computes: a resume on another device or in the other
+    layout reuses the finished runs. ``storage``, ``workers`` and ``threads`` are the
     Optuna runner's (``storage=None``: an SQLite file in ``reports_dir/<study>/``, a journal file
     with ``workers > 1``); ``address`` is the Ray backend's (``HOST:PORT`` of a running cluster,
     else a local one). Raises :class:`~runners.settings.UserError` for a study that cannot run
     (validated before anything is created or trained) or bad options.
     """
     tic = time.perf_counter()
+    recipe_overrides = dict(recipe_overrides or {})
+    if "channels_last" in recipe_overrides:  # how the runs execute, not what the cells compute
+        layout = recipe_overrides.pop("channels_last")
+        channels_last = layout if channels_last is None else channels_last
     try:
         study = load_study(study)
         if recipe_overrides:
@@ -380,7 +390,7 @@ def run_ablation(
     settings = dataclasses.replace(settings, space=f"{space_file}:space")
 
     def write_files() -> None:
-        _write_atomic(space_file, _space_source(study, seed_list, device))
+        _write_atomic(space_file, _space_source(study, seed_list, device, channels_last))
         _write_atomic(study_dir / "ablation.json", json.dumps(
             {"study_name": name, "backend": backend, "seeds": seed_list, "cells": study.cell_levels(),
              "cell_keys": keys, "study": study.to_dict()}, indent=2, default=str) + "\n")

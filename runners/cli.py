@@ -131,17 +131,10 @@ def _recipe_parent(*, seed: bool = True) -> argparse.ArgumentParser:
 
 
 def _channels_last_option(p, what: str = "", blocks: bool = False) -> None:
-    also = "; blocks benchmark: true times every block on channels-last maps (default NCHW)" if blocks else ""
-    p.add_argument("--channels-last", nargs="?", const=True, type=_channels_last_value, metavar="{auto,true,false}",
-                   help=f"{what}memory format of the model and batches (the recipe's channels_last; 'auto', the "
-                        f"default: channels last on CPU, NCHW on CUDA; the flag alone: true){also}")
-
-
-def _channels_last_value(text: str) -> bool | str:
-    values = {"auto": "auto", "true": True, "false": False}
-    if text.lower() not in values:
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from auto, true, false)")
-    return values[text.lower()]
+    also = "; blocks benchmark: --channels-last times every block on channels-last maps (default NCHW)" if blocks else ""
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"{what}train channels last, or NCHW with --no-channels-last (the recipe's channels_last; "
+                        f"default 'auto': channels last on CPU, NCHW on CUDA){also}")
 
 
 _RECIPE_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "momentum", "label_smoothing", "schedule",

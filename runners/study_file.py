@@ -123,6 +123,12 @@ def _value(key: str, value: Any, action: argparse.Action, where: str) -> Any:
         if not isinstance(value, bool):
             raise UserError(f"{where}: expected true or false, got {value!r}")
         return value
+    if isinstance(action, argparse.BooleanOptionalAction):  # --x / --no-x; unset (None): the default
+        if value == "auto":
+            return None
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true, false or \"auto\", got {value!r}")
+        return value
     if key == "dataset_options":
         if not isinstance(value, dict):
             raise UserError(f"{where}: expected a table such as {{ val_fraction = 0.2 }}, got {value!r}")

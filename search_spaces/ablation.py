@@ -605,14 +605,15 @@ class _quiet_warnings:
 
 
 def cells_space(cells: Mapping[str, TrialConfig | Mapping[str, Any]], seeds: Sequence[int], *,
-                device: str | None = None) -> Callable[[Any], TrialConfig]:
+                device: str | None = None, channels_last: bool | str | None = None) -> Callable[[Any], TrialConfig]:
     """``space(trial) -> TrialConfig`` over the (cell, seed) pairs of a study.
 
     ``cell = trial.suggest_categorical("cell", cell names)``; ``seed = trial.suggest_int("seed",
     min(seeds), max(seeds))`` (an integer range rather than a categorical, so a resumed study may
     add seeds: Optuna refuses a categorical whose choices change); the result is the cell's config
-    with recipe seed ``seed`` (and ``device``, when given). The ablation runner enqueues every pair,
-    so nothing is left to a sampler; a seed outside ``seeds`` is an :class:`InvalidConfig`.
+    with recipe seed ``seed`` (and ``device`` and ``channels_last``, when given). The ablation
+    runner enqueues every pair, so nothing is left to a sampler; a seed outside ``seeds`` is an
+    :class:`InvalidConfig`.
     """
     configs = {name: cfg if isinstance(cfg, TrialConfig) else TrialConfig(**dict(cfg)) for name, cfg in cells.items()}
     names = list(configs)
@@ -630,6 +631,8 @@ def cells_space(cells: Mapping[str, TrialConfig | Mapping[str, Any]], seeds: Seq
         recipe = {**cfg.recipe, "seed": int(seed)}
         if device is not None:
             recipe["device"] = device
+        if channels_last is not None:
+            recipe["channels_last"] = channels_last
         return TrialConfig(model=cfg.model, recipe=recipe, dataset_options=cfg.dataset_options)
 
     space.cells = names  # type: ignore[attr-defined]

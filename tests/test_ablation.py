@@ -263,11 +263,19 @@ def test_every_pair_runs_once_and_rerunning_trains_nothing(tmp_path):
     assert second.scheduled == 0 and second.reused == 6
     pd.testing.assert_frame_equal(second.runs, first.runs)
     pd.testing.assert_frame_equal(second.comparisons, first.comparisons)
+    # the memory format is how the runs execute, not what the cells compute: the same study resumes
+    for layout in ({"channels_last": False}, {"channels_last": True}):
+        again = run_ablation(study, reports_dir=str(tmp_path), progress=False, device="cpu", threads=1,
+                             recipe_overrides=layout)
+        assert again.scheduled == 0 and again.reused == 6 and len(_trials(folder, "tiny")) == 6
 
     # more seeds later: only the new pairs run
-    third = run_ablation(study, seeds=3, reports_dir=str(tmp_path), progress=False, device="cpu", threads=1)
+    third = run_ablation(study, seeds=3, reports_dir=str(tmp_path), progress=False, device="cpu", threads=1,
+                         recipe_overrides={"channels_last": False})
     assert third.scheduled == 3 and third.reused == 6 and len(_trials(folder, "tiny")) == 9
     assert sorted(third.runs["seed"].unique()) == [0, 1, 2]
+    layouts = {int(r.seed): json.loads(r.config)["recipe"].get("channels_last") for r in third.table.itertuples()}
+    assert layouts[2] is False and layouts[0] == "auto"  # the new runs train in the layout asked for
 
     # a changed study is not resumed silently: the folder says so, and so does the storage (another machine's)
     with pytest.raises(UserError, match=r"was run with other cells \(cells with another config: baseline"):

@@ -33,7 +33,7 @@ def test_block_benchmark_writes_csv_plot_and_ratios(tmp_path, capsys):
     assert "ratios" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flag,channels_last", [([], False), (["--channels-last"], True), (["--channels-last", "false"], False)])
+@pytest.mark.parametrize("flag,channels_last", [([], False), (["--channels-last"], True), (["--no-channels-last"], False)])
 def test_block_benchmark_times_blocks_in_the_chosen_layout(tmp_path, monkeypatch, flag, channels_last):
     """NCHW by default (the module benchmark as before); ``--channels-last`` puts every block's
     weights and the input in that format, and the table says which."""

@@ -36,7 +36,7 @@ USER_ERRORS = {
     "pruner with two objectives": (["search", "--objectives", "accuracy,flops", "--pruner", "median"], "prunes on one objective"),
     "bad budget": (["search", "--max-flops", "lots"], "expected a number such as"),
     "unknown command": (["serach"], "invalid choice"),
-    "bad memory format": (["train", "proxy_resnet", "--channels-last", "maybe"], "choose from auto, true, false"),
+    "value for a switch": (["train", "proxy_resnet", "--channels-last=maybe"], "ignored explicit argument 'maybe'"),
     "report of a missing study": (["report", "no-such-study"], "no study at reports/no-such-study"),
 }
 
@@ -91,7 +91,7 @@ def test_train_json(tmp_path):
     assert doc["recipe"]["epochs"] == 2 and len(doc["history"]) == 2
     assert doc["recipe"]["channels_last"] == "auto"  # the default: channels last on CPU
     proc = _run("train", "proxy_resnet", "--dataset", "synthetic", "--image-size", "8", "--dataset-option",
-                "num_samples=64", "--epochs", "1", "--channels-last", "false", "--json", "--quiet", cwd=tmp_path)
+                "num_samples=64", "--epochs", "1", "--no-channels-last", "--json", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["recipe"]["channels_last"] is False
 

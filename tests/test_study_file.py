@@ -84,6 +84,7 @@ def test_yaml_files_work_like_toml(tmp_path):
         ("command = \"train\"", ["command = 'train' is not allowed", "search, ablate"]),
         ("x = [", ["not valid TOML"]),
         ("[recipe]\nepochs = 3", ["unknown key 'recipe'"]),
+        ("channels_last = \"yes\"", ["channels_last", 'expected true, false or "auto"', "'yes'"]),
     ],
 )
 def test_bad_files_name_the_file_the_key_and_what_is_allowed(tmp_path, text, expected):
@@ -152,6 +153,21 @@ dataset_options = { val_fraction = 0.25 }
     assert again.identity() == settings.identity()  # the same study: same space, data, recipe, budgets
     differing = {k for k, v in again.to_dict().items() if v != settings.to_dict()[k]}
     assert differing <= {"study", "recipe"}  # the default name and seed 0, now explicit
+
+
+@pytest.mark.parametrize("flag,expected", [([], None), (["--channels-last"], True), (["--no-channels-last"], False)])
+def test_the_layout_switch_round_trips(tmp_path, flag, expected):
+    """``--channels-last`` / ``--no-channels-last`` are written as true/false (unset: the recipe's
+    "auto", left out) and read back; a file may also say "auto"."""
+    args = cli.parse_args(["search", "--epochs", "1", *flag])
+    config = resolved_config(args, _sub("search"), "search", study="s", seed=0)
+    assert config.get("channels_last") == expected
+    saved = write_config(tmp_path / "config.toml", config)
+    again = cli.parse_args(["search", "--config", str(saved)])
+    assert again.channels_last == expected
+    assert cli._search_settings(again).base_recipe().channels_last == ("auto" if expected is None else expected)
+    auto = cli.parse_args(["search", "--config", str(_write(tmp_path, 'channels_last = "auto"\n'))])
+    assert auto.channels_last is None
 
 
 def test_ablate_resolved_config_keeps_the_seed_list(tmp_path):
