@@ -55,10 +55,12 @@ def bare_epoch(model_name: str, data, recipe: Recipe) -> float:
     return time.perf_counter() - tic
 
 
-def trainer_overhead(model_name: str = "proxy_gsa_resnet", *, rounds: int = 5, device: str = "auto") -> dict[str, float]:
-    """Median seconds per epoch of ``train()`` and of the bare loop, interleaved, and their ratio."""
+def trainer_overhead(model_name: str = "proxy_gsa_resnet", *, rounds: int = 5, device: str = "auto",
+                     channels_last: bool | str = "auto") -> dict[str, float]:
+    """Median seconds per epoch of ``train()`` and of the bare loop, interleaved, and their ratio
+    (``channels_last``: the recipe field)."""
     data = load_dataset("digits", image_size=DIGITS_IMAGE_SIZE).to(resolve_device(device))
-    recipe = DIGITS_RECIPE.replace(epochs=1, augment=False, device=device)
+    recipe = DIGITS_RECIPE.replace(epochs=1, augment=False, device=device, channels_last=channels_last)
     ours, bare = [], []
     bare_epoch(model_name, data, recipe)  # warm-up: first-call costs belong to neither side
     for _ in range(rounds):
@@ -68,10 +70,12 @@ def trainer_overhead(model_name: str = "proxy_gsa_resnet", *, rounds: int = 5, d
     return {"train_epoch_s": ours_s, "bare_epoch_s": bare_s, "overhead": ours_s / bare_s - 1}
 
 
-def digits_time_to_accuracy(model_name: str = "proxy_gsa_resnet", *, device: str = "auto") -> dict[str, float]:
-    """Train ``model_name`` on digits with :data:`DIGITS_RECIPE`; accuracy and training seconds."""
+def digits_time_to_accuracy(model_name: str = "proxy_gsa_resnet", *, device: str = "auto",
+                            channels_last: bool | str = "auto") -> dict[str, float]:
+    """Train ``model_name`` on digits with :data:`DIGITS_RECIPE` (``channels_last``: the recipe
+    field); accuracy and training seconds."""
     data = load_dataset("digits", image_size=DIGITS_IMAGE_SIZE)
-    result = train(model_config(model_name), DIGITS_RECIPE.replace(device=device), data)
+    result = train(model_config(model_name), DIGITS_RECIPE.replace(device=device, channels_last=channels_last), data)
     def first(level: float) -> float:
         return next((h["train_time_s"] for h in result["history"] if h["accuracy"] >= level), float("nan"))
 

@@ -394,6 +394,10 @@ def train(
                     raise ValueError(f"checkpoint {ckpt_path} belongs to a different model or recipe; use another directory")
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
+                for slots in optimizer.state.values():  # moments saved in the other layout take this run's
+                    for key, value in slots.items():
+                        if torch.is_tensor(value) and value.dim() == 4:
+                            slots[key] = value.contiguous(memory_format=memory_format)
                 scheduler.load_state_dict(state["scheduler"])
                 feed.load_state(state["feed"])
                 torch.set_rng_state(state["torch_rng"])

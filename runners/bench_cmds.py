@@ -58,12 +58,13 @@ def train(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     from gsa_search.trainer import DIGITS_IMAGE_SIZE
 
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {resolve_device(args.device)}"]
-    overhead = trainer_overhead(args.model, rounds=args.rounds or 5, device=args.device)
+    layout = "auto" if args.channels_last is None else args.channels_last
+    overhead = trainer_overhead(args.model, rounds=args.rounds or 5, device=args.device, channels_last=layout)
     lines.append(f"{args.model} on digits {DIGITS_IMAGE_SIZE}x{DIGITS_IMAGE_SIZE}: train() {overhead['train_epoch_s']:.2f} s/epoch, "
                  f"bare loop {overhead['bare_epoch_s']:.2f} s/epoch, overhead {overhead['overhead'] * 100:+.1f}%")
     document: dict[str, Any] = {"overhead": overhead}
     if not args.skip_accuracy:
-        acc = digits_time_to_accuracy(args.model, device=args.device)
+        acc = digits_time_to_accuracy(args.model, device=args.device, channels_last=layout)
         document["time_to_accuracy"] = acc
         lines.append(f"{args.model} on digits: accuracy {acc['accuracy']:.4f} after {acc['train_time_s']:.1f} s of training "
                      f"(first >= 95% at {acc['seconds_to_95']:.1f} s, >= 98% at {acc['seconds_to_98']:.1f} s), "
@@ -149,11 +150,12 @@ def search(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], str]:
              f"random sampler, {args.trials} trials"]
     folder = Path(tempfile.mkdtemp(prefix="gsa-bench-search-"))
     try:
-        one = search_overhead(trials=args.trials, reports_dir=folder, study="w1")
+        recipe = {} if args.channels_last is None else {"channels_last": args.channels_last}
+        one = search_overhead(trials=args.trials, recipe=recipe, reports_dir=folder, study="w1")
         lines.append(f"1 worker: {one['trials_per_hour']:.0f} trials/hour; per trial {one['train_s_per_trial']:.1f} s in train(), "
                      f"{one['overhead_s_per_trial']:.3f} s runner overhead = {one['overhead_share_of_30s_trial'] * 100:.2f}% "
                      f"of a 30 s trial")
-        two = search_overhead(trials=args.trials, workers=2, reports_dir=folder, study="w2")
+        two = search_overhead(trials=args.trials, workers=2, recipe=recipe, reports_dir=folder, study="w2")
         lines.append(f"2 workers (1 thread each): {two['trials_per_hour']:.0f} trials/hour "
                      f"({two['trials_per_hour'] / one['trials_per_hour']:.2f}x one worker)")
     finally:

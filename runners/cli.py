@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
                    help="throughput benchmark: presets to compare, the first is the reference (default proxy_resnet "
                         "proxy_gsa_resnet proxy_gsa_positional proxy_gsa_2d; sizes default 16 32, batch 64)")
-    _channels_last_option(p, "throughput benchmark: ", blocks=True)
+    _channels_last_option(p, "throughput, train and search benchmarks: ", blocks=True)
     p.add_argument("--skip-accuracy", action="store_true", help="train benchmark: overhead only")
     p.add_argument("--trials", type=_positive_int, default=5, help="search benchmark: trials")
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)

@@ -73,6 +73,17 @@ def test_trainer_overhead_benchmark_runs():
     assert result["train_epoch_s"] > 0 and result["bare_epoch_s"] > 0
 
 
+@pytest.mark.parametrize("flag,expected", [([], "auto"), (["--no-channels-last"], False)])
+def test_train_benchmark_trains_in_the_layout_asked_for(monkeypatch, flag, expected):
+    """``bench train --no-channels-last`` reaches the recipes of both measurements."""
+    layouts = []
+    monkeypatch.setattr(bench_train, "train", lambda cfg, recipe, data, **kw: layouts.append(recipe.channels_last) or {
+        "train_time_s": 1.0, "accuracy": 0.99, "images_per_s": 1.0, "history": [{"train_time_s": 1.0, "accuracy": 0.99}]})
+    monkeypatch.setattr(bench_train, "bare_epoch", lambda name, data, recipe: layouts.append(recipe.channels_last) or 1.0)
+    assert main(["bench", "train", "--rounds", "1", *flag]) == 0
+    assert layouts and set(layouts) == {expected}
+
+
 def test_training_throughput_compares_models_side_by_side(monkeypatch):
     seen = []
     real = bench_train.bare_epoch
