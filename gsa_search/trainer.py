@@ -144,6 +144,12 @@ class Recipe(ConfigMixin):
         ):
             raise ValueError(f"recipe.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide what a run computes: all but the memory format
+        (``channels_last`` changes speed and float rounding, not the run). Searches, ablations and
+        checkpoints resume when these match."""
+        return {k: v for k, v in self.to_dict().items() if k != "channels_last"}
+
     def memory_format(self, device: torch.device) -> torch.memory_format:
         """The layout models and batches take on ``device``: ``channels_last`` resolved
         (``'auto'``: channels last on CPU, NCHW elsewhere)."""
@@ -308,12 +314,11 @@ def _as_dataset(data: Any, seed: int) -> Any:
 
 
 def _same_run(state: dict[str, Any], model_cfg: BackboneConfig, recipe: Recipe) -> bool:
-    """Whether a checkpoint was written by a run of this model config and recipe. The memory format
-    (``channels_last``) may differ: it changes speed and float rounding, not what the run computes,
-    and the saved tensors load into either layout."""
+    """Whether a checkpoint was written by a run of this model config and recipe (its
+    :meth:`Recipe.identity`: the saved tensors load into either memory format)."""
     try:
-        saved = Recipe.from_dict(state["recipe"]).replace(channels_last=recipe.channels_last)
-        return model_config_from_dict(state["model_config"]) == model_cfg and saved == recipe
+        saved = Recipe.from_dict(state["recipe"]).identity()
+        return model_config_from_dict(state["model_config"]) == model_cfg and saved == recipe.identity()
     except (KeyError, TypeError, ValueError):
         return False
 

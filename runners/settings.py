@@ -70,11 +70,6 @@ def default_image_size(dataset: str) -> int | None:
     return DIGITS_IMAGE_SIZE if dataset == "digits" else None
 
 
-def _recipe_identity(recipe: Recipe) -> dict[str, Any]:
-    """A recipe's fields that decide what a trial computes (all but its memory format)."""
-    return {k: v for k, v in recipe.to_dict().items() if k != "channels_last"}
-
-
 @dataclasses.dataclass(frozen=True)
 class SearchSettings:
     """One search: what to sample, what to optimise, on which data, where to store it, how to run it.
@@ -206,13 +201,12 @@ class SearchSettings:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """The settings that define *what* a study computes: a resumed run must match them. The
-        recipe's memory format (``channels_last``) is left out: like the thread count, it changes
-        the speed and float rounding, not what a trial computes."""
+        """The settings that define *what* a study computes: a resumed run must match them (the
+        recipe's :meth:`~gsa_search.trainer.Recipe.identity`, without its memory format)."""
         return {
             "space": self.space, "objectives": list(self.objectives), "dataset": self.dataset,
             "image_size": self.resolved_image_size(), "dataset_options": self.dataset_options,
-            "recipe": _recipe_identity(self.base_recipe()), "max_flops": self.max_flops, "max_params": self.max_params,
+            "recipe": self.base_recipe().identity(), "max_flops": self.max_flops, "max_params": self.max_params,
         }  # fmt: skip
 
     def identity_changes(self, stored: dict[str, Any] | None) -> list[str]:
@@ -223,7 +217,7 @@ class SearchSettings:
         stored = dict(stored or {})
         if isinstance(stored.get("recipe"), dict):
             try:
-                stored["recipe"] = json.loads(json.dumps(_recipe_identity(Recipe.from_dict(stored["recipe"])), default=str))
+                stored["recipe"] = json.loads(json.dumps(Recipe.from_dict(stored["recipe"]).identity(), default=str))
             except (TypeError, ValueError):
                 pass  # an unreadable recipe stays as stored, and differs
         return sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))

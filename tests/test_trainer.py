@@ -232,6 +232,13 @@ def test_channels_last_auto_means_channels_last_on_cpu_only() -> None:
         assert Recipe(channels_last=False).memory_format(torch.device(device)) == torch.contiguous_format
 
 
+def test_recipe_identity_leaves_out_the_memory_format_only() -> None:
+    recipe = Recipe()
+    assert set(recipe.to_dict()) - set(recipe.identity()) == {"channels_last"}
+    assert recipe.replace(channels_last=False).identity() == recipe.identity()
+    assert recipe.replace(lr=0.2).identity() != recipe.identity()
+
+
 def test_recipe_round_trip_and_unknown_field() -> None:
     default = Recipe()
     custom = Recipe(epochs=3, batch_size=32, optimizer="adamw", lr=3e-3, momentum=0.8, weight_decay=0.05,
