@@ -378,7 +378,6 @@ def run_ablation(
         address=address,
     )  # fmt: skip
     settings.validate()  # bad storage, workers, dataset ...: before a folder exists
-    settings.check_data()  # and data that cannot be loaded
     try:
         study.validate(base_recipe=settings.base_recipe(), data_dir=data_dir)
     except StudyError as error:

@@ -50,6 +50,12 @@ def blocks(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any], str]:
     return document, text
 
 
+def _recipe_layout(args: argparse.Namespace) -> bool | str:
+    """The recipe's ``channels_last`` that ``--channels-last`` / ``--no-channels-last`` ask for
+    (neither: ``'auto'``)."""
+    return "auto" if args.channels_last is None else args.channels_last
+
+
 def train(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     import torch
 
@@ -58,7 +64,7 @@ def train(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     from gsa_search.trainer import DIGITS_IMAGE_SIZE
 
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {resolve_device(args.device)}"]
-    layout = "auto" if args.channels_last is None else args.channels_last
+    layout = _recipe_layout(args)
     overhead = trainer_overhead(args.model, rounds=args.rounds or 5, device=args.device, channels_last=layout)
     lines.append(f"{args.model} on digits {DIGITS_IMAGE_SIZE}x{DIGITS_IMAGE_SIZE}: train() {overhead['train_epoch_s']:.2f} s/epoch, "
                  f"bare loop {overhead['bare_epoch_s']:.2f} s/epoch, overhead {overhead['overhead'] * 100:+.1f}%")
@@ -84,7 +90,7 @@ def throughput(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     models = args.models or ["proxy_resnet", "proxy_gsa_resnet", "proxy_gsa_positional", "proxy_gsa_2d"]
     sizes = args.sizes if args.sizes != [16, 32, 64] else [16, 32]
     batch, rounds = args.batch or 64, args.rounds or 5
-    channels_last = "auto" if args.channels_last is None else args.channels_last
+    channels_last = _recipe_layout(args)
     rows = training_throughput(models, sizes, rounds=rounds, batch_size=batch, device=args.device,
                                channels_last=channels_last)
     fmt = DIGITS_RECIPE.replace(channels_last=channels_last).memory_format(resolve_device(args.device))

@@ -353,7 +353,8 @@ def test_a_study_the_builder_rejects_creates_nothing(tmp_path):
 
 @pytest.mark.parametrize("backend", ["optuna", "ray"])
 def test_data_that_cannot_be_loaded_is_one_error_and_creates_nothing(tmp_path, backend):
-    """Through the library as through the command line: no study of failed trials."""
+    """Through the library as through the command line (the study's validation loads the data):
+    no study of failed trials."""
     study = _tiny(name="nodata", baseline=TINY_BASELINE.replace(dataset="cifar10", dataset_options={}))
     with pytest.raises(UserError, match="cifar10: data_dir is required"):
         run_ablation(study, backend=backend, reports_dir=str(tmp_path), progress=False)

@@ -31,9 +31,9 @@ the content path is one compiled kernel (``_content.py``: softmax, ``K^T V`` and
 heads of an image). A stride-2 block pools the positional path's output, and the content path's
 queries instead of its output (``G^T Q`` is linear in Q, so that is the same pool; with
 ``query_norm`` the output is pooled): ``G^T Q``, the sum of the paths and the output projection run
-at the pooled size. Local 2D windows are computed key by key (on CPU by the fused window-attention kernel of ``_window.py``, which
-never stores the logits; elsewhere a logits matmul and the window sum); windows about as wide as
-the map reuse the banded row kernel (:func:`window_path` decides).
+at the pooled size. Local 2D windows are computed key by key (on CPU by the fused window-attention
+kernel of ``_window.py``, which never stores the logits; elsewhere a logits matmul and the window
+sum); windows about as wide as the map reuse the banded row kernel (:func:`window_path` decides).
 """
 
 from __future__ import annotations
@@ -585,11 +585,11 @@ class GSABlock(SpatialMixer):
             if pooled:
                 out = pool_positions(out)
         if self.content is not None:
-            pool_queries = pooled and not self.cfg.query_norm  # type: ignore[attr-defined]
-            q_c = pool_positions(q) if pool_queries else q
+            pool_output = pooled and self.cfg.query_norm  # type: ignore[attr-defined]
+            q_c = pool_positions(q) if pooled and not pool_output else q
             c = self.content(q_c.flatten(1, 2), k[0].unflatten(-1, (n, self.dim_key)).flatten(1, 2), v.flatten(1, 2))
-            c = c.unflatten(-1, (ho, wo) if pool_queries or not pooled else (h, w)).permute(0, 3, 4, 1, 2)
-            if pooled and not pool_queries:  # query_norm: the whole path's output is pooled
+            c = c.unflatten(-1, (h, w) if pool_output else (ho, wo)).permute(0, 3, 4, 1, 2)
+            if pool_output:  # query_norm: the whole path's output is pooled
                 c = pool_positions(c)
             out = c if out is None else out + c
         out = out.reshape(b, ho, wo, n * d_v).permute(0, 3, 1, 2)  # channels last
